@@ -1,0 +1,1 @@
+"""ab-router's shared package: data, models' common serving core, simulator, local stack and the CLI."""

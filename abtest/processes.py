@@ -1,0 +1,95 @@
+"""Start the project's services as child processes and know when they are really serving.
+
+Used by `abtest up`, the benchmark and the tests, so all three start services the same way.
+
+    >>> proc = start_service(["python", "-m", "model_a", "--port", "8001"], log=sys.stderr)  # doctest: +SKIP
+    >>> wait_healthy("http://127.0.0.1:8001", proc, timeout=60)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import httpx
+
+
+class ServiceFailed(RuntimeError):
+    """A service exited or did not become healthy in time."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv that runs `python -m module args...` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def start_service(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log: IO[str] | int | None = None,
+    cwd: str | None = None,
+) -> subprocess.Popen[str]:
+    """Start a service in its own process group, so stopping it stops everything it started."""
+    merged = {**os.environ, **(env or {})}
+    return subprocess.Popen(  # noqa: S603 - argv is built by this project, never from user input
+        list(argv),
+        env=merged,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_healthy(
+    base_url: str, proc: subprocess.Popen[str] | None = None, *, timeout: float = 60.0, path: str = "/health"
+) -> None:
+    """Poll `GET base_url + path` until it answers 200; fail early if the process dies.
+
+    Raises ServiceFailed naming the URL, the last error and the exit code.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = "no answer yet"
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServiceFailed(f"{base_url}: process exited with code {proc.returncode} before it was healthy")
+            try:
+                response = client.get(base_url + path)
+                if response.status_code == 200:
+                    return
+                last_error = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)  # a readiness poll with a deadline, not a synchronisation sleep
+    raise ServiceFailed(f"{base_url}{path} not healthy after {timeout:.0f}s ({last_error})")
+
+
+def stop_service(proc: subprocess.Popen[str], *, timeout: float = 15.0) -> int:
+    """SIGTERM the service's process group, wait, then SIGKILL if it has not stopped. Returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode

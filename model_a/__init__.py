@@ -1,0 +1,1 @@
+"""model_a: a scikit-learn recommender (PureSVD) behind the shared model REST contract."""

@@ -1,0 +1,1 @@
+"""model_b: a Surprise recommender (SVD) behind the shared model REST contract."""

@@ -1,0 +1,1 @@
+"""The A/B router: assigns each user a variant, proxies to that variant's model server, logs outcomes."""
