@@ -8,6 +8,7 @@ Used by `abtest up`, the benchmark and the tests, so all three start services th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from typing import IO
 import httpx
 
 
-class ServiceFailed(RuntimeError):
+class ServiceError(RuntimeError):
     """A service exited or did not become healthy in time."""
 
 
@@ -61,14 +62,14 @@ def wait_healthy(
 ) -> None:
     """Poll `GET base_url + path` until it answers 200; fail early if the process dies.
 
-    Raises ServiceFailed naming the URL, the last error and the exit code.
+    Raises ServiceError naming the URL, the last error and the exit code.
     """
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise ServiceFailed(f"{base_url}: process exited with code {proc.returncode} before it was healthy")
+                raise ServiceError(f"{base_url}: process exited with code {proc.returncode} before it was healthy")
             try:
                 response = client.get(base_url + path)
                 if response.status_code == 200:
@@ -77,16 +78,22 @@ def wait_healthy(
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.05)  # a readiness poll with a deadline, not a synchronisation sleep
-    raise ServiceFailed(f"{base_url}{path} not healthy after {timeout:.0f}s ({last_error})")
+    raise ServiceError(f"{base_url}{path} not healthy after {timeout:.0f}s ({last_error})")
+
+
+#: Exit codes of a service that stopped cleanly on SIGTERM: uvicorn finishes its shutdown, then
+#: re-raises the signal, so a clean stop usually shows as -SIGTERM.
+CLEAN_EXIT_CODES = (0, -signal.SIGTERM)
 
 
 def stop_service(proc: subprocess.Popen[str], *, timeout: float = 15.0) -> int:
-    """SIGTERM the service's process group, wait, then SIGKILL if it has not stopped. Returns the exit code."""
+    """SIGTERM the service's process group, wait, then SIGKILL if it has not stopped. Returns the exit code.
+
+    A code in CLEAN_EXIT_CODES means it shut down on its own; -SIGKILL means it had to be killed.
+    """
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it exited between poll() and now
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -1,7 +1,7 @@
 """Run an ASGI app on a real socket (uvicorn on port 0 of 127.0.0.1) inside the test process.
 
-    with serve(create_app(settings)) as base_url:
-        httpx.get(base_url + "/health")
+with serve(create_app(settings)) as base_url:
+    httpx.get(base_url + "/health")
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import uvicorn
 @contextmanager
 def serve(app: Any, *, timeout: float = 30.0, **config: Any) -> Iterator[str]:
     """Serve `app` in a background thread until the block ends; yield its base URL once it is listening."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **config)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -1,0 +1,151 @@
+"""The REST contract both model servers share: one FastAPI app over any FactorModel.
+
+    GET /recommend/{user_id}?k=10 -> {"user_id", "items", "scores", "model", "version", "cold_start"}
+    GET /health                   -> {"status": "ok", "model", "version"}
+    GET /info                     -> the artefact's metadata (algorithm, data, offline metrics, ...)
+
+`python -m model_a --port 8001` and `python -m model_b --port 8002` both end up in `run()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from abtest.ids import MAX_K, USER_ID_PATTERN
+from abtest.recommender import FactorModel
+from abtest.training import DEFAULT_SEED, load_or_train
+
+log = logging.getLogger(__name__)
+
+
+class ModelServerSettings(BaseSettings):
+    """Where a model server finds its artefact and, if it must train one, on what data."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^model_[ab]$")
+    models_dir: Path = Field(default=Path("models"), validation_alias="MODELS_DIR")
+    data_spec: str | None = Field(default=None, validation_alias="ABTEST_DATA")
+    seed: int = Field(default=DEFAULT_SEED, validation_alias="ABTEST_SEED")
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[int] = Field(description="Item ids, best first; never an item the user already rated.")
+    scores: list[float] = Field(description="The model's score for each item (popularity for cold start).")
+    model: str
+    version: str
+    cold_start: bool = Field(description="True when the user is unknown and the list is the most popular items.")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    version: str
+
+
+UserId = Annotated[
+    str,
+    PathParam(
+        pattern=USER_ID_PATTERN,
+        description="1-64 letters, digits, '_', '.', '-' (not starting with '.').",
+        examples=["42"],
+    ),
+]
+TopK = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many items, 1..{MAX_K}.")]
+
+
+def create_app(settings: ModelServerSettings, model: FactorModel | None = None) -> FastAPI:
+    """The model server. Without `model`, loads the artefact at start-up (training one if there is none)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if model is not None:
+            app.state.model = model
+        else:
+            app.state.model = await asyncio.to_thread(
+                load_or_train,
+                settings.name,
+                settings.models_dir,
+                data_spec=settings.data_spec,
+                seed=settings.seed,
+            )
+        meta = app.state.model.metadata
+        log.info("%s %s loaded: %s", settings.name, meta.get("version"), meta.get("metrics"))
+        yield
+
+    app = FastAPI(
+        title=f"{settings.name} recommender",
+        description="Top-k recommendations from a trained model. Same contract for every model server.",
+        lifespan=lifespan,
+    )
+
+    def loaded(request: Request) -> FactorModel:
+        found: FactorModel | None = getattr(request.app.state, "model", None)
+        if found is None:
+            raise HTTPException(status_code=503, detail="model not loaded yet")
+        return found
+
+    @app.get("/recommend/{user_id}", response_model=RecommendResponse)
+    async def recommend(request: Request, user_id: UserId, k: TopK = 10) -> RecommendResponse:
+        served = loaded(request)
+        result = served.recommend(user_id, k)
+        return RecommendResponse(
+            user_id=user_id,
+            items=result.items,
+            scores=result.scores,
+            model=settings.name,
+            version=served.metadata.get("version", "unknown"),
+            cold_start=result.cold_start,
+        )
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health(request: Request) -> HealthResponse:
+        served = loaded(request)
+        return HealthResponse(status="ok", model=settings.name, version=served.metadata.get("version", "unknown"))
+
+    @app.get("/info")
+    async def info(request: Request) -> dict[str, Any]:
+        return loaded(request).metadata
+
+    return app
+
+
+def run(name: str, argv: Sequence[str] | None = None) -> None:
+    """Command line of `python -m model_a|model_b`: serve the model on one port with uvicorn."""
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"Serve {name} over HTTP.")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    parser.add_argument("--models-dir", type=Path, help="artefact folder (default $MODELS_DIR or ./models)")
+    parser.add_argument("--data", help="data spec if a model must be trained (default $ABTEST_DATA or synthetic)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {"name": name}
+    if args.models_dir is not None:
+        overrides["models_dir"] = args.models_dir
+    if args.data is not None:
+        overrides["data_spec"] = args.data
+    settings = ModelServerSettings(**overrides)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=args.access_log,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
