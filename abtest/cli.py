@@ -82,6 +82,29 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if summary.exposures else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from router.report import NoDataError, write_reports
+
+    try:
+        paths = write_reports(args.results_dir, args.phase)
+    except NoDataError as exc:
+        print(f"abtest report: {exc}", file=sys.stderr)
+        return 1
+    markdown = next(path for path in paths if path.suffix == ".md")
+    if not args.quiet:
+        print(markdown.read_text(encoding="utf-8"), end="")
+    print("written: " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from abtest.bench import models
+
+        models.run(args.results_dir, seconds=args.seconds)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abtest", description="A/B router for recommender model servers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--json", type=Path, help="also write the summary as JSON here")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(run=_cmd_simulate)
+
+    report = commands.add_parser("report", help="build the A/B results report (report.md, .html, .json)")
+    report.add_argument("--results-dir", type=Path, default=_results_dir(), help="where outcomes.sqlite3 is")
+    report.add_argument("--phase", type=int, help="which phase (default: the latest)")
+    report.add_argument("--quiet", action="store_true", help="only list the files written")
+    report.set_defaults(run=_cmd_report)
+
+    bench = commands.add_parser("bench", help="benchmarks: figures printed and written under the results folder")
+    bench.add_argument("what", choices=["models"], help="models: each model server's cost")
+    bench.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
+    bench.add_argument("--results-dir", type=Path, default=_results_dir())
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 

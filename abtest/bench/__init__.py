@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `abtest bench models|router|store` print figures and write them under results/."""
