@@ -1,0 +1,360 @@
+"""The experiment config (YAML, validated by pydantic) and the router's settings (environment).
+
+    settings = RouterSettings(config_path=Path("router/experiment.yaml"))
+    config = load_config(settings)          # raises ConfigError naming the field and the value
+    config.weights                           # (("model_a", 0.5), ("model_b", 0.5)), normalised
+    phase_key(config)                        # changes only when users can move
+
+Precedence, lowest first: the YAML file, `ROUTER_<FIELD>` variables (`ROUTER_STRATEGY=random`,
+`ROUTER_TIMEOUTS__READ=2`), then `ROUTER_VARIANT_URLS` for the variants' addresses. Bad config is refused,
+never repaired: weights are normalised to sum to 1, but negative or all-zero weights stop start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A variant name: also a header value and a metrics label, so it is kept plain.
+VARIANT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+
+#: HTTP header names (RFC 9110 tokens), for the QA override header.
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+
+#: The YAML fields that `ROUTER_<FIELD>` environment variables may override.
+OVERRIDABLE_FIELDS = (
+    "experiment",
+    "strategy",
+    "salt",
+    "on_error",
+    "fallback_variant",
+    "backend_client",
+    "max_body_bytes",
+    "override",
+    "timeouts",
+)
+
+
+class ConfigError(ValueError):
+    """The experiment config cannot be used; the message names the field, the value and the source."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file itself is the problem: missing, unreadable, not YAML, or not a mapping."""
+
+
+class Variant(BaseModel):
+    """One arm of the experiment: a name, the base URL of its model server, a weight (any scale)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=VARIANT_NAME_PATTERN)
+    url: AnyHttpUrl
+    weight: float = Field(ge=0, allow_inf_nan=False)
+
+    @field_validator("url")
+    @classmethod
+    def _base_url_only(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        if url.username or url.password:
+            raise ValueError("credentials do not belong in a backend URL")
+        if url.query or url.fragment:
+            raise ValueError("a backend URL is a base address: no query string or fragment")
+        return url
+
+    @property
+    def base_url(self) -> str:
+        """The URL without a trailing slash, ready for `base_url + "/recommend/..."`."""
+        return str(self.url).rstrip("/")
+
+
+class Override(BaseModel):
+    """The QA override: when enabled, a request header names the variant to serve (excluded from analysis)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    header: str = Field(default="X-Variant", pattern=HEADER_NAME_PATTERN)
+
+
+class Timeouts(BaseModel):
+    """Seconds the router waits on a backend: to connect, for response bytes, for a pooled connection."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    read: float = Field(default=2.0, gt=0, le=300, allow_inf_nan=False)
+    pool: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment: how users get variants, where the variants live, what to do when one fails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    strategy: Literal["random", "hash"]
+    salt: str = Field(min_length=1, max_length=256)
+    variants: tuple[Variant, ...]
+    override: Override = Override()
+    on_error: Literal["error", "fallback"] = "error"
+    fallback_variant: str | None = None
+    timeouts: Timeouts = Timeouts()
+    max_body_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    backend_client: Literal["aiohttp", "httpx"] = "aiohttp"
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_names_some_weight(cls, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        if len(variants) < 2:
+            raise ValueError(
+                f"an experiment needs at least 2 variants (a control and a treatment), got {len(variants)}"
+            )
+        seen: set[str] = set()
+        for variant in variants:
+            if variant.name in seen:
+                raise ValueError(f"duplicate variant name {variant.name!r}")
+            seen.add(variant.name)
+        if sum(v.weight for v in variants) <= 0:
+            weights = ", ".join(f"{v.name}={v.weight:g}" for v in variants)
+            raise ValueError(f"all weights are zero ({weights}): at least one variant must get traffic")
+        return variants
+
+    @model_validator(mode="after")
+    def _fallback_names_a_variant(self) -> ExperimentConfig:
+        names = [v.name for v in self.variants]
+        if self.fallback_variant is not None and self.fallback_variant not in names:
+            raise ValueError(
+                f"fallback_variant {self.fallback_variant!r} is not a variant (variants: {', '.join(names)})"
+            )
+        if self.on_error == "fallback" and self.fallback_variant is None:
+            raise ValueError("on_error is 'fallback' but fallback_variant is not set")
+        return self
+
+    @property
+    def weights(self) -> tuple[tuple[str, float], ...]:
+        """Each variant's share of traffic, in config order, summing to 1."""
+        total = math.fsum(v.weight for v in self.variants)
+        return tuple((v.name, v.weight / total) for v in self.variants)
+
+    @property
+    def control(self) -> str:
+        """The first variant: every other one is a treatment compared with it."""
+        return self.variants[0].name
+
+    def variant(self, name: str) -> Variant:
+        """The variant called `name` (KeyError if there is none)."""
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+
+def phase_key(config: ExperimentConfig) -> str:
+    """A stable hash of what can move users: strategy, salt, variant names in order, normalised weights.
+
+    URLs, timeouts, the override and error handling move nobody, so changing them keeps the phase.
+
+        >>> variants = [{"name": "a", "url": "http://a", "weight": 1}, {"name": "b", "url": "http://b", "weight": 1}]
+        >>> a = ExperimentConfig(experiment="x", strategy="hash", salt="s", variants=variants)
+        >>> b = a.model_copy(update={"variants": tuple(v.model_copy(update={"weight": 50}) for v in a.variants)})
+        >>> phase_key(a) == phase_key(b)   # 1:1 and 50:50 are the same split
+        True
+    """
+    design = {
+        "strategy": config.strategy,
+        "salt": config.salt,
+        "variants": [[name, round(weight, 12)] for name, weight in config.weights],
+    }
+    canonical = json.dumps(design, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def phase_design(config: ExperimentConfig) -> dict[str, Any]:
+    """The configuration a phase records (`phases.config_json`): the design plus where each variant lived."""
+    return {
+        "experiment": config.experiment,
+        "strategy": config.strategy,
+        "salt": config.salt,
+        "variants": [
+            {"name": v.name, "url": v.base_url, "weight": v.weight, "share": share}
+            for v, (_, share) in zip(config.variants, config.weights, strict=True)
+        ],
+    }
+
+
+class RouterSettings(BaseSettings):
+    """Process settings from the environment; nothing here is experiment design.
+
+    `RESULTS_DIR` (default ./results), `ROUTER_ADMIN_TOKEN` (admin endpoints are off without it),
+    `ROUTER_CONFIG` (the YAML path), `ROUTER_VARIANT_URLS` ("model_a=http://...,model_b=http://..."),
+    and `ROUTER_<FIELD>` overrides of the YAML's scalar fields and `ROUTER_TIMEOUTS__READ`-style nested ones.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    results_dir: Path = Field(default=Path("results"), validation_alias="RESULTS_DIR")
+    config_path: Path = Field(default=Path("router/experiment.yaml"), validation_alias="ROUTER_CONFIG")
+    admin_token: SecretStr | None = None
+    variant_urls: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    health_interval: float = Field(default=2.0, gt=0, le=60)
+
+    # Overrides of the YAML (None: keep the file's value). Typed loosely on purpose: ExperimentConfig
+    # validates them, so an env value is refused with the same message as a YAML value.
+    experiment: str | None = None
+    strategy: str | None = None
+    salt: str | None = None
+    on_error: str | None = None
+    fallback_variant: str | None = None
+    backend_client: str | None = None
+    max_body_bytes: str | None = None
+    override: dict[str, str] | None = None
+    timeouts: dict[str, str] | None = None
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_token_is_no_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().strip():
+            return None
+        return token
+
+    def yaml_overrides(self) -> dict[str, Any]:
+        """The `ROUTER_<FIELD>` values that replace the YAML's, by field name."""
+        return {name: getattr(self, name) for name in OVERRIDABLE_FIELDS if getattr(self, name) is not None}
+
+    def url_overrides(self) -> dict[str, str]:
+        """`ROUTER_VARIANT_URLS` parsed: variant name -> URL. Raises ConfigError on a malformed entry."""
+        if not self.variant_urls:
+            return {}
+        urls: dict[str, str] = {}
+        for entry in self.variant_urls.split(","):
+            name, sep, url = entry.strip().partition("=")
+            if not sep or not name.strip() or not url.strip():
+                raise ConfigError(
+                    f"ROUTER_VARIANT_URLS: entry {entry.strip()!r} is not name=url "
+                    "(expected e.g. 'model_a=http://127.0.0.1:8001,model_b=http://127.0.0.1:8002')"
+                )
+            urls[name.strip()] = url.strip()
+        return urls
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML file as a mapping. Raises ConfigError if it is missing, unreadable or not a mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read the experiment config ({exc.strerror or exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path}: the experiment config must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def build_config(
+    raw: dict[str, Any],
+    *,
+    overrides: dict[str, Any] | None = None,
+    urls: dict[str, str] | None = None,
+    source: str = "config",
+) -> ExperimentConfig:
+    """Merge env overrides and variant URLs into `raw` and validate it. Raises ConfigError."""
+    merged = dict(raw)
+    for name, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    if urls:
+        variants = merged.get("variants")
+        known = [v.get("name") for v in variants if isinstance(v, dict)] if isinstance(variants, list) else []
+        unknown = sorted(set(urls) - {n for n in known if isinstance(n, str)})
+        if unknown:
+            raise ConfigError(
+                f"ROUTER_VARIANT_URLS: {', '.join(map(repr, unknown))} not a variant of the experiment "
+                f"(variants: {', '.join(map(str, known)) or 'none'})"
+            )
+        assert isinstance(variants, list)  # known is non-empty only for a list
+        merged["variants"] = [
+            {**v, "url": urls[v["name"]]} if isinstance(v, dict) and v.get("name") in urls else v for v in variants
+        ]
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source=source, overridden=set(overrides or {}), raw=merged)) from exc
+
+
+def load_config(settings: RouterSettings, path: Path | None = None) -> ExperimentConfig:
+    """Read, merge and validate the experiment config named by `settings` (or `path`). Raises ConfigError."""
+    source = path or settings.config_path
+    return build_config(
+        read_yaml(source),
+        overrides=settings.yaml_overrides(),
+        urls=settings.url_overrides(),
+        source=str(source),
+    )
+
+
+def describe_errors(
+    exc: ValidationError, *, source: str, overridden: Collection[str] = (), raw: dict[str, Any] | None = None
+) -> str:
+    """One line per problem: `field: message (got value)`, saying when the value came from the environment.
+
+    invalid experiment config router/experiment.yaml:
+      variants.1.weight: Input should be greater than or equal to 0 (got -5)
+    """
+    lines = [f"invalid experiment config {source}:"]
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        named = _variant_name(raw, error["loc"])
+        if named is not None:
+            loc += f" (variant {named!r})"
+        message = error["msg"]
+        value = error.get("input")
+        shown = "" if isinstance(value, dict | list | tuple) else f" (got {_short(value)})"
+        origin = ""
+        if error["loc"] and error["loc"][0] in overridden:
+            origin = f" [set by ROUTER_{str(error['loc'][0]).upper()}]"
+        lines.append(f"  {loc}: {message}{shown}{origin}")
+    return "\n".join(lines)
+
+
+def _variant_name(raw: dict[str, Any] | None, loc: tuple[int | str, ...]) -> str | None:
+    """The name of the variant an error location points into, if the raw config has one."""
+    if raw is None or len(loc) < 3 or loc[0] != "variants" or not isinstance(loc[1], int):
+        return None
+    variants = raw.get("variants")
+    if not isinstance(variants, list) or loc[1] >= len(variants) or not isinstance(variants[loc[1]], dict):
+        return None
+    name = variants[loc[1]].get("name")
+    return name if isinstance(name, str) else None
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
