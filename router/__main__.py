@@ -1,0 +1,70 @@
+"""`python -m router --config PATH --port N [--host H]`: serve the router with uvicorn (one worker).
+
+SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
+SIGHUP re-reads the config like POST /admin/reload. A bad config or an unusable outcome store stops
+start-up with exit code 2 and a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from router.app import create_app
+from router.config import ConfigError, RouterSettings, load_config
+from router.logs import configure_logging
+
+log = logging.getLogger("router")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, check the config, run the server until a signal stops it. Returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m router", description="The A/B router.")
+    parser.add_argument(
+        "--config", type=Path, help="experiment YAML (default $ROUTER_CONFIG or router/experiment.yaml)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    args = parser.parse_args(argv)
+
+    try:
+        overrides = {"config_path": args.config} if args.config is not None else {}
+        settings = RouterSettings(**overrides)
+    except ValidationError as exc:
+        print(f"router: invalid environment settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        load_config(settings)  # fail fast, before uvicorn starts, with the message on stderr
+    except ConfigError as exc:
+        log.critical("router not started: %s", exc)
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, handle_sighup=True),
+            host=args.host,
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=15,
+        )
+    )
+    server.run()
+    # A lifespan start-up failure (e.g. the outcome store cannot be opened) makes uvicorn return without serving.
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The router's web layer: `create_app(settings)` wires routes to RouterService and errors to JSON; nothing else.
+
+    app = create_app(RouterSettings(config_path=Path("router/experiment.yaml")))
+    uvicorn.run(app, port=8080)
+
+Endpoints: GET /recommend/{user_id}?k=10, POST /feedback, GET /health, GET /config, GET /metrics,
+POST /admin/reload (bearer token). The service is at `app.state.service` once the lifespan has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from abtest.ids import MAX_K, USER_ID_PATTERN
+from router.config import ConfigError, ConfigFileError, RouterSettings
+from router.events import StoreError, StoreOverloadedError
+from router.proxy import BackendError
+from router.service import FeedbackIn, RequestRefusedError, RouterService
+
+log = logging.getLogger(__name__)
+
+UserId = Annotated[
+    str,
+    PathParam(
+        pattern=USER_ID_PATTERN,
+        description="1-64 letters, digits, '_', '.', '-' (not starting with '.').",
+        examples=["42"],
+    ),
+]
+TopK = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many items, 1..{MAX_K}.")]
+
+_FRIENDLY = {
+    (
+        "user_id",
+        "string_pattern_mismatch",
+    ): "user_id must be 1-64 letters, digits, '_', '.', '-' (not starting with '.')",
+    ("k", "greater_than_equal"): f"k must be an integer from 1 to {MAX_K}",
+    ("k", "less_than_equal"): f"k must be an integer from 1 to {MAX_K}",
+    ("k", "int_parsing"): f"k must be an integer from 1 to {MAX_K}",
+}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded with orjson."""
+    return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
+
+
+def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: Any = None) -> FastAPI:
+    """The router app. `handle_sighup` (main thread only) makes SIGHUP reload the config like POST /admin/reload."""
+    service = RouterService(settings, rng=rng)
+    background: set[asyncio.Task[None]] = set()
+
+    async def reload_on_signal() -> None:
+        try:
+            result = await service.reload()
+        except (ConfigError, StoreError):
+            return  # logged by the service; the old config keeps serving
+        log.info("SIGHUP reload applied", extra={"phase": result.phase, "new_phase": result.new_phase})
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        app.state.service = service
+        loop = asyncio.get_running_loop()
+        if handle_sighup:
+
+            def on_sighup() -> None:
+                task = loop.create_task(reload_on_signal())
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        try:
+            yield
+        finally:
+            if handle_sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await service.stop()
+
+    app = FastAPI(
+        title="A/B router",
+        description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
+    _add_error_handlers(app, service)
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = settings.admin_token
+        if token is None:
+            raise RequestRefusedError("admin endpoints are disabled: set ROUTER_ADMIN_TOKEN to enable them", 403)
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise RequestRefusedError("admin endpoints need 'Authorization: Bearer <ROUTER_ADMIN_TOKEN>'", 401)
+        if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+            raise RequestRefusedError("wrong admin token", 403)
+
+    @app.get(
+        "/recommend/{user_id}",
+        summary="Recommendations for a user from the variant the experiment assigns",
+        responses={
+            200: {
+                "description": "The backend's answer plus `variant` and `request_id`; headers X-Variant, X-Request-ID"
+            },
+            502: {"description": "The variant's backend answered badly"},
+            503: {"description": "The variant's backend is unreachable"},
+            504: {"description": "The variant's backend did not answer in time"},
+        },
+    )
+    async def recommend(request: Request, user_id: UserId, k: TopK = 10) -> Response:
+        override = service.live.config.override
+        forced = request.headers.get(override.header) if override.enabled else None
+        answer = await service.recommend(user_id, k, forced)
+        return Response(
+            answer.body,
+            media_type="application/json",
+            headers={"X-Variant": answer.variant, "X-Request-ID": answer.request_id},
+        )
+
+    @app.post("/feedback", status_code=202, summary="Report an outcome (click, watch, rating, ...) for an exposure")
+    async def feedback(event: FeedbackIn) -> Response:
+        accepted = await service.feedback(event)
+        return json_response(
+            {
+                "status": "accepted",
+                "request_id": accepted.request_id,
+                "variant": accepted.variant,
+                "phase": accepted.phase,
+                "assignment": accepted.assignment,
+                "attributed_by": accepted.attributed_by,
+                "position": accepted.position,
+            },
+            202,
+        )
+
+    @app.get("/health", summary="Router liveness and each backend's state")
+    async def health() -> Response:
+        return json_response(service.health())
+
+    @app.get("/config", summary="The live experiment config")
+    async def config() -> Response:
+        return json_response(service.describe())
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", dependencies=[Depends(require_admin)], summary="Re-read and apply the config file")
+    async def reload() -> Response:
+        result = await service.reload()
+        return json_response(
+            {
+                "status": "reloaded",
+                "phase": result.phase,
+                "new_phase": result.new_phase,
+                "previous_phase": result.previous_phase,
+                "config": service.describe(),
+            }
+        )
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
+    """The one boundary where the core's errors become JSON answers."""
+
+    async def backend_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BackendError)
+        headers = {"X-Variant": exc.variant}
+        if exc.request_id is not None:
+            headers["X-Request-ID"] = exc.request_id
+        body = {
+            "detail": f"variant {exc.variant} failed: {exc.detail}",
+            "variant": exc.variant,
+            "request_id": exc.request_id,
+        }
+        return json_response(body, exc.status, headers)
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRefusedError)
+        service.metrics.rejected(request.url.path.split("/")[1] or "/", exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return json_response({"detail": exc.detail}, exc.status, headers)
+
+    async def overloaded(request: Request, exc: Exception) -> Response:
+        service.metrics.rejected(request.url.path.split("/")[1] or "/", 503)
+        return json_response({"detail": str(exc)}, 503, {"Retry-After": "1"})
+
+    async def config_error(request: Request, exc: Exception) -> Response:
+        status = 400 if isinstance(exc, ConfigFileError) else 422
+        return json_response({"detail": str(exc)}, status)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        messages = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ())]
+            field = loc[-1] if loc else ""
+            message = _FRIENDLY.get((field, error.get("type", "")), f"{'.'.join(loc[1:]) or field}: {error.get('msg')}")
+            messages.append(message)
+            problems.append({"loc": loc, "msg": error.get("msg"), "type": error.get("type")})
+        service.metrics.rejected(request.url.path.split("/")[1] or "/", 422)
+        return json_response({"detail": "; ".join(messages), "errors": problems}, 422)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return json_response({"detail": "internal error in the router"}, 500)
+
+    app.add_exception_handler(BackendError, backend_error)
+    app.add_exception_handler(RequestRefusedError, refused)
+    app.add_exception_handler(StoreOverloadedError, overloaded)
+    app.add_exception_handler(StoreError, overloaded)
+    app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class BodyLimit:
+    """Refuse request bodies over the configured size with 413, before any handler reads them.
+
+    GET and HEAD pass straight through (no body is read for them); other methods are buffered up to the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                    return
+                if declared > limit:
+                    await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
+        )
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A `receive` that yields `messages`, then defers to `then` (for the disconnect that may follow)."""
+    queue = list(messages)
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _send_json(send: Send, status: int, content: dict[str, Any]) -> None:
+    body = orjson.dumps(content)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

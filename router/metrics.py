@@ -1,0 +1,143 @@
+"""Prometheus metrics for one router app, in its own registry (tests can build many apps in one process).
+
+    metrics = Metrics(store.stats)
+    metrics.observe_request("model_a", 200, 0.004)
+    generate_latest(metrics.registry)        # the text GET /metrics serves
+
+Store counters (written, lost, pending, errors) are read from the store at scrape time, so its writer
+thread never touches Prometheus objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: Feedback events with their own label value; any other event name is counted as "other".
+KNOWN_EVENTS = frozenset({"click", "watch", "rating", "purchase", "like", "dislike", "skip", "add_to_list"})
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StoreCollector(Collector):
+    """Reads the outcome store's counters when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        written = CounterMetricFamily(
+            "router_events_written", "Events committed to the outcome store.", labels=["kind"]
+        )
+        lost = CounterMetricFamily(
+            "router_events_lost", "Events that could not be stored (queue full or store failing).", labels=["kind"]
+        )
+        for kind, count in stats["written"].items():
+            written.add_metric([kind], count)
+        for kind, count in stats["lost"].items():
+            lost.add_metric([kind], count)
+        errors = CounterMetricFamily(
+            "router_store_errors", "Outcome store failures, by kind (locked, readonly, full, io, ...).", labels=["kind"]
+        )
+        for kind, count in stats["errors"].items():
+            errors.add_metric([kind], count)
+        yield written
+        yield lost
+        yield errors
+        yield GaugeMetricFamily("router_events_pending", "Events queued for the outcome store.", value=stats["pending"])
+        yield GaugeMetricFamily(
+            "router_events_pending_limit", "Queue size at which feedback is refused.", value=stats["max_pending"]
+        )
+
+
+class Metrics:
+    """The router's metrics; label children are cached so the hot path does one dict lookup per metric."""
+
+    def __init__(self, store_stats: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "router_requests",
+            "Answered /recommend requests by serving variant and HTTP status.",
+            ["variant", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "router_request_seconds",
+            "Router-side time to answer /recommend, by serving variant.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._errors = Counter(
+            "router_backend_errors",
+            "Backend failures by variant and kind (timeout, unavailable, bad_response).",
+            ["variant", "kind"],
+            registry=self.registry,
+        )
+        self._fallbacks = Counter(
+            "router_fallbacks",
+            "Requests served by the fallback variant because the assigned one failed.",
+            ["variant", "fallback"],
+            registry=self.registry,
+        )
+        self._feedback = Counter(
+            "router_feedback", "Accepted feedback by variant and event.", ["variant", "event"], registry=self.registry
+        )
+        self._rejected = Counter(
+            "router_rejected",
+            "Requests refused before routing (validation, auth, size, overload), by endpoint and status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self._reloads = Counter(
+            "router_reloads", "Config reloads by result (applied, refused).", ["result"], registry=self.registry
+        )
+        self.phase = Gauge("router_phase", "The current phase number.", registry=self.registry)
+        self._backend_up = Gauge(
+            "router_backend_up",
+            "1 if the variant's backend answered its last health check.",
+            ["variant"],
+            registry=self.registry,
+        )
+        self.registry.register(StoreCollector(store_stats))
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+
+    def observe_request(self, variant: str, status: int, seconds: float) -> None:
+        """Count one answered /recommend and its latency."""
+        key = (variant, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self._requests.labels(variant, str(status))
+        counter.inc()
+        histogram = self._latency_children.get(variant)
+        if histogram is None:
+            histogram = self._latency_children[variant] = self._latency.labels(variant)
+        histogram.observe(seconds)
+
+    def backend_error(self, variant: str, kind: str) -> None:
+        self._errors.labels(variant, kind).inc()
+
+    def fallback(self, variant: str, fallback: str) -> None:
+        self._fallbacks.labels(variant, fallback).inc()
+
+    def feedback(self, variant: str, event: str) -> None:
+        self._feedback.labels(variant, event if event in KNOWN_EVENTS else "other").inc()
+
+    def rejected(self, endpoint: str, status: int) -> None:
+        self._rejected.labels(endpoint, str(status)).inc()
+
+    def reload(self, result: str) -> None:
+        self._reloads.labels(result).inc()
+
+    def backend_up(self, variant: str, up: bool) -> None:
+        self._backend_up.labels(variant).set(1 if up else 0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything above."""
+        return generate_latest(self.registry)

@@ -1,0 +1,265 @@
+"""The only module that talks HTTP to backends; it turns every failure into one of these errors:
+
+    BackendError (502, kind 'bad_response')        the base: something went wrong with a variant's backend
+    ├── BackendTimeoutError (504, 'timeout')            no connection or no answer within the configured timeout
+    ├── BackendUnavailableError (503, 'unavailable')    connection refused/reset, DNS failure, backend said 503
+    └── BadBackendResponseError (502, 'bad_response')   a non-200 status, or a body that breaks the model contract
+
+Requests are built here from configuration only: `GET {variant.url}/recommend/{quoted user_id}?k={k}`,
+`GET {variant.url}/health` and `GET {variant.url}/info`. No header, host or path comes from the client, and
+redirects are not followed.
+
+Two clients implement `BackendClient` (config `backend_client`): aiohttp (default; several times faster than
+httpx's default transport on this hot path) and httpx. Both keep one keep-alive pool per process, opened in
+the app's lifespan by `open_client`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import httpx
+import orjson
+from yarl import URL
+
+from router.config import Timeouts, Variant
+
+#: Most connections the router keeps open to all backends together.
+MAX_CONNECTIONS = 512
+
+#: Seconds allowed for a /health or /info probe (never longer than the configured timeouts).
+PROBE_TIMEOUT = 2.0
+
+InfoPath = Literal["/health", "/info"]
+
+
+class BackendError(Exception):
+    """A variant's backend failed; `status` is what the router answers, `kind` what the exposure records."""
+
+    status: ClassVar[int] = 502
+    kind: ClassVar[str] = "bad_response"
+
+    def __init__(self, variant: str, detail: str) -> None:
+        super().__init__(f"{variant}: {detail}")
+        self.variant = variant
+        self.detail = detail
+        self.request_id: str | None = None  # set by the router once the failed request has an exposure
+
+
+class BackendTimeoutError(BackendError):
+    """No connection, or no response bytes, within the configured timeout."""
+
+    status = 504
+    kind = "timeout"
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached, dropped the connection, or says it is not ready (503)."""
+
+    status = 503
+    kind = "unavailable"
+
+
+class BadBackendResponseError(BackendError):
+    """The backend answered, but not with a 200 and a JSON object holding an integer `items` list."""
+
+    status = 502
+    kind = "bad_response"
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """A backend's answer: its JSON body as received (passed through, not re-encoded) and the items in it."""
+
+    body: bytes
+    items: list[int]
+
+
+class BackendClient(Protocol):
+    """Talks to model servers over one pooled, keep-alive client."""
+
+    def configure(self, timeouts: Timeouts) -> None:
+        """Use `timeouts` for every later request (a reload may change them)."""
+
+    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
+        """`GET {variant.url}/recommend/{user_id}?k={k}`; raises a BackendError subclass on any failure."""
+
+    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
+        """`GET {variant.url}{path}` as a JSON object; raises a BackendError subclass on any failure."""
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+
+
+def recommend_url(base_url: str, user_id: str, k: int) -> str:
+    """The one URL a recommendation is forwarded to. `user_id` is percent-quoted, so it stays one segment.
+
+    >>> recommend_url("http://model_a:8000", "42", 10)
+    'http://model_a:8000/recommend/42?k=10'
+    """
+    return f"{base_url}/recommend/{quote(user_id, safe='')}?k={int(k)}"
+
+
+def parse_recommendation(variant: str, status: int, body: bytes) -> Recommendation:
+    """Check a /recommend answer against the model contract; raise BadBackendResponseError/BackendUnavailableError."""
+    if status != 200:
+        raise _status_error(variant, status)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBackendResponseError(variant, "backend answered with invalid JSON") from exc
+    if not isinstance(parsed, dict):
+        raise BadBackendResponseError(variant, "backend answered with JSON that is not an object")
+    items = parsed.get("items")
+    if not isinstance(items, list) or not all(type(item) is int for item in items):
+        raise BadBackendResponseError(variant, "backend answer has no 'items' list of integer ids")
+    return Recommendation(body=body, items=items)
+
+
+def parse_object(variant: str, status: int, body: bytes) -> dict[str, Any]:
+    """A /health or /info answer as a JSON object; raise a BackendError subclass otherwise."""
+    if status != 200:
+        raise _status_error(variant, status)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBackendResponseError(variant, "backend answered with invalid JSON") from exc
+    if not isinstance(parsed, dict):
+        raise BadBackendResponseError(variant, "backend answered with JSON that is not an object")
+    return parsed
+
+
+def _status_error(variant: str, status: int) -> BackendError:
+    if status == 503:
+        return BackendUnavailableError(variant, "backend answered HTTP 503 (not ready)")
+    return BadBackendResponseError(variant, f"backend answered HTTP {status}")
+
+
+class AiohttpClient:
+    """BackendClient over one `aiohttp.ClientSession` (create it inside a running event loop)."""
+
+    def __init__(self, timeouts: Timeouts, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
+        self._timeouts = timeouts
+        self._timeout = _aiohttp_timeout(timeouts)
+        self._probe_timeout = _aiohttp_timeout(_probe_timeouts(timeouts))
+
+    def configure(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._timeout = _aiohttp_timeout(timeouts)
+        self._probe_timeout = _aiohttp_timeout(_probe_timeouts(timeouts))
+
+    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
+        url = URL(recommend_url(variant.base_url, user_id, k), encoded=True)
+        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
+        return parse_recommendation(variant.name, status, body)
+
+    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
+        url = URL(variant.base_url + path, encoded=True)
+        status, body = await self._get(variant.name, url, self._probe_timeout, _probe_timeouts(self._timeouts))
+        return parse_object(variant.name, status, body)
+
+    async def _get(
+        self, variant: str, url: URL, client_timeout: aiohttp.ClientTimeout, timeouts: Timeouts
+    ) -> tuple[int, bytes]:
+        try:
+            async with self._session.get(url, timeout=client_timeout, allow_redirects=False) as response:
+                return response.status, await response.read()
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors
+            raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise BackendUnavailableError(
+                variant, f"cannot connect to the backend ({exc.os_error.strerror or type(exc.os_error).__name__})"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise BackendUnavailableError(variant, f"connection to the backend failed ({type(exc).__name__})") from exc
+        except aiohttp.ClientError as exc:
+            raise BadBackendResponseError(variant, f"broken response from the backend ({type(exc).__name__})") from exc
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpxClient:
+    """BackendClient over one `httpx.AsyncClient`."""
+
+    def __init__(self, timeouts: Timeouts, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=_httpx_timeout(timeouts),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self._timeouts = timeouts
+        self._timeout = _httpx_timeout(timeouts)
+        self._probe_timeout = _httpx_timeout(_probe_timeouts(timeouts))
+
+    def configure(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._timeout = _httpx_timeout(timeouts)
+        self._probe_timeout = _httpx_timeout(_probe_timeouts(timeouts))
+
+    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
+        url = recommend_url(variant.base_url, user_id, k)
+        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
+        return parse_recommendation(variant.name, status, body)
+
+    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
+        url = variant.base_url + path
+        status, body = await self._get(variant.name, url, self._probe_timeout, _probe_timeouts(self._timeouts))
+        return parse_object(variant.name, status, body)
+
+    async def _get(
+        self, variant: str, url: str, client_timeout: httpx.Timeout, timeouts: Timeouts
+    ) -> tuple[int, bytes]:
+        try:
+            response = await self._client.get(url, timeout=client_timeout)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
+        except httpx.ConnectError as exc:
+            raise BackendUnavailableError(variant, f"cannot connect to the backend ({exc})") from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise BackendUnavailableError(variant, f"connection to the backend failed ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise BadBackendResponseError(variant, f"broken response from the backend ({type(exc).__name__})") from exc
+        return response.status_code, response.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def open_client(kind: Literal["aiohttp", "httpx"], timeouts: Timeouts) -> BackendClient:
+    """The configured client. Call inside the running event loop (the app's lifespan); close with aclose()."""
+    if kind == "httpx":
+        return HttpxClient(timeouts)
+    return AiohttpClient(timeouts)
+
+
+def _probe_timeouts(timeouts: Timeouts) -> Timeouts:
+    return Timeouts(
+        connect=min(timeouts.connect, PROBE_TIMEOUT),
+        read=min(timeouts.read, PROBE_TIMEOUT),
+        pool=min(timeouts.pool, PROBE_TIMEOUT),
+    )
+
+
+def _aiohttp_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    # aiohttp's `connect` covers waiting for a pooled connection plus connecting; `sock_connect` only the latter.
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeouts.pool + timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
+    )
+
+
+def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
+    return httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.pool)
+
+
+def _timeout_detail(timeouts: Timeouts, what: str) -> str:
+    return (
+        f"backend did not answer in time ({what}; limits: connect {timeouts.connect:g}s, "
+        f"read {timeouts.read:g}s, pool {timeouts.pool:g}s)"
+    )

@@ -1,0 +1,466 @@
+"""The router's core: the live experiment, and what happens to a recommendation request and a feedback event.
+
+    service = RouterService(settings)
+    await service.start()                                   # config, outcome store, phase, backend client
+    answer = await service.recommend("42", 10, forced=None) # assign -> forward -> record the exposure
+    accepted = await service.feedback(FeedbackIn(user_id="42", item_id=50, event="click"))
+    await service.reload()                                  # re-read the YAML; a new phase if users can move
+    await service.stop()                                    # flushes the outcome store
+
+Errors the web layer turns into JSON (each with its HTTP status):
+
+    RequestRefusedError                 the request cannot be served as asked
+    ├── UnknownOverrideError (422)      the QA override header names no variant
+    └── AttributionError (404/409/422)  feedback that cannot be tied to an exposure
+    BackendError (502/503/504)     see router.proxy; carries the variant and the request id
+    StoreOverloadedError (503)          see router.events; feedback is refused until the queue drains
+    ConfigError (400/422)          see router.config; a reload that was refused
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from abtest.ids import USER_ID_PATTERN
+from router.config import (
+    ConfigError,
+    ExperimentConfig,
+    RouterSettings,
+    Variant,
+    load_config,
+    phase_design,
+    phase_key,
+)
+from router.events import STORE_FILE, EventStore, Exposure, Feedback, StoreError
+from router.metrics import Metrics
+from router.monitor import BackendMonitor
+from router.proxy import BackendClient, BackendError, open_client
+from router.strategies import Strategy, build_strategy
+
+log = logging.getLogger(__name__)
+
+#: Request ids the router issues: 32 lowercase hex digits.
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+#: Feedback event names: short lowercase identifiers ("click", "watch", "rating", ...).
+EVENT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class RequestRefusedError(Exception):
+    """The request is well-formed but cannot be served as asked; `status` is the HTTP answer."""
+
+    status = 422
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+
+
+class UnknownOverrideError(RequestRefusedError):
+    """The QA override header names a variant this experiment does not have."""
+
+
+class AttributionError(RequestRefusedError):
+    """Feedback that cannot be attributed: unknown request id (404), another user's (422), an error (409)."""
+
+
+class FeedbackIn(BaseModel):
+    """The body of POST /feedback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(
+        default=None, pattern=REQUEST_ID_PATTERN, description="The `request_id` of the recommendation acted on."
+    )
+    user_id: str = Field(pattern=USER_ID_PATTERN, examples=["42"])
+    item_id: StrictInt = Field(ge=0, description="The item acted on (an id from the recommendation's `items`).")
+    event: str = Field(pattern=EVENT_PATTERN, examples=["click"], description="click, watch, rating, ...")
+    value: float | None = Field(default=None, allow_inf_nan=False, description="e.g. the rating, or seconds watched")
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """One consistent view of the running experiment; replaced whole on reload, read once per request."""
+
+    config: ExperimentConfig
+    strategy: Strategy
+    phase: int
+    key: str
+    variants: dict[str, Variant]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A served recommendation: the backend's body with `variant` and `request_id` added."""
+
+    body: bytes
+    variant: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    phase: int
+    new_phase: bool
+    previous_phase: int
+    config: ExperimentConfig
+
+
+class RouterService:
+    """Holds the live config, the backend client, the outcome store and the monitor of one router process."""
+
+    def __init__(self, settings: RouterSettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.store = EventStore(settings.results_dir / STORE_FILE)
+        self.metrics = Metrics(self.store.stats)
+        self._rng = rng
+        self._live: Live | None = None
+        self._client: BackendClient | None = None
+        self._monitor: BackendMonitor | None = None
+        self._reload_lock = asyncio.Lock()
+        self._last_error_log: dict[tuple[str, str], float] = {}
+        self._suppressed_errors: dict[tuple[str, str], int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load and validate the config, open the store, enter the phase, open the client, start the monitor.
+
+        Raises ConfigError or StoreError: the router must not serve with a bad config or no store.
+        """
+        config = load_config(self.settings)
+        await asyncio.to_thread(self.store.open)
+        try:
+            key = phase_key(config)
+            phase, is_new = await asyncio.to_thread(
+                self.store.start_phase, config.experiment, key, phase_design(config)
+            )
+        except BaseException:
+            await asyncio.to_thread(self.store.close)
+            raise
+        self._live = self._make_live(config, phase, key)
+        self.metrics.phase.set(phase)
+        self._client = open_client(config.backend_client, config.timeouts)
+        self._monitor = BackendMonitor(
+            self.client, self._current, self.store, self.metrics, interval=self.settings.health_interval
+        )
+        self._monitor.start()
+        log.info(
+            "router started",
+            extra={
+                "experiment": config.experiment,
+                "phase": phase,
+                "new_phase": is_new,
+                "strategy": config.strategy,
+                "variants": {name: share for name, share in config.weights},
+                "backend_client": config.backend_client,
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop the monitor, close the client, then write every queued event and close the store."""
+        if self._monitor is not None:
+            await self._monitor.stop()
+        if self._client is not None:
+            await self._client.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    @property
+    def live(self) -> Live:
+        if self._live is None:
+            raise RuntimeError("RouterService.start() has not run")
+        return self._live
+
+    def client(self) -> BackendClient:
+        if self._client is None:
+            raise RuntimeError("RouterService.start() has not run")
+        return self._client
+
+    def _current(self) -> tuple[ExperimentConfig, int]:
+        live = self.live
+        return live.config, live.phase
+
+    def _make_live(self, config: ExperimentConfig, phase: int, key: str) -> Live:
+        strategy = build_strategy(config.strategy, config.weights, salt=config.salt, rng=self._rng)
+        return Live(config, strategy, phase, key, {v.name: v for v in config.variants})
+
+    # -- recommendation ----------------------------------------------------------------------------
+
+    async def recommend(self, user_id: str, k: int, forced: str | None = None) -> Answer:
+        """Assign `user_id`, forward to the variant's backend, record the exposure (errors included).
+
+        `forced` is the QA override header's value; it is ignored unless the config enables the override.
+        Raises BackendError (with `request_id` set) when no variant could answer, UnknownOverrideError for a bad
+        override.
+        """
+        started = time.perf_counter()
+        ts = time.time()
+        live = self.live
+        config = live.config
+        if forced is not None and config.override.enabled:
+            if forced not in live.variants:
+                raise UnknownOverrideError(
+                    f"{config.override.header}: {forced!r} is not a variant of {config.experiment} "
+                    f"(variants: {', '.join(live.variants)})"
+                )
+            assigned, assignment = forced, "override"
+        else:
+            assigned, assignment = live.strategy.assign(user_id), "strategy"
+        request_id = uuid.uuid4().hex
+        client = self.client()
+        served = assigned
+        try:
+            recommendation = await client.recommend(live.variants[assigned], user_id, k)
+        except BackendError as exc:
+            self.metrics.backend_error(assigned, exc.kind)
+            fallback = config.fallback_variant if config.on_error == "fallback" else None
+            if fallback is None or fallback == assigned:
+                raise self._failed(live, exc, started, ts, request_id, user_id, k, assignment) from None
+            try:
+                recommendation = await client.recommend(live.variants[fallback], user_id, k)
+            except BackendError as second:
+                self.metrics.backend_error(fallback, second.kind)
+                exc.detail = f"{exc.detail}; fallback {fallback} failed too ({second.kind}: {second.detail})"
+                raise self._failed(live, exc, started, ts, request_id, user_id, k, assignment) from None
+            served, assignment = fallback, "fallback"
+            self.metrics.fallback(assigned, fallback)
+            self._log_backend_error(exc, request_id, fallback=fallback)
+        body = annotate(recommendation.body, served, request_id)
+        elapsed = time.perf_counter() - started
+        self.store.record_exposure(
+            Exposure(
+                ts,
+                request_id,
+                config.experiment,
+                live.phase,
+                user_id,
+                served,
+                assigned,
+                config.strategy,
+                assignment,
+                200,
+                elapsed * 1000.0,
+                k,
+                recommendation.items,
+                None,
+            )
+        )
+        self.metrics.observe_request(served, 200, elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "recommend",
+                extra={"request_id": request_id, "user_id": user_id, "variant": served, "assignment": assignment},
+            )
+        return Answer(body, served, request_id)
+
+    def _failed(
+        self,
+        live: Live,
+        exc: BackendError,
+        started: float,
+        ts: float,
+        request_id: str,
+        user_id: str,
+        k: int,
+        assignment: str,
+    ) -> BackendError:
+        """Record the error exposure and return the error, now carrying the request id."""
+        elapsed = time.perf_counter() - started
+        exc.request_id = request_id
+        self.store.record_exposure(
+            Exposure(
+                ts,
+                request_id,
+                live.config.experiment,
+                live.phase,
+                user_id,
+                exc.variant,
+                exc.variant,
+                live.config.strategy,
+                assignment,
+                exc.status,
+                elapsed * 1000.0,
+                k,
+                (),
+                exc.kind,
+            )
+        )
+        self.metrics.observe_request(exc.variant, exc.status, elapsed)
+        self._log_backend_error(exc, request_id)
+        return exc
+
+    def _log_backend_error(self, exc: BackendError, request_id: str, *, fallback: str | None = None) -> None:
+        """A warning per failure, at most one a second per (variant, kind); the rest are counted in the next."""
+        key = (exc.variant, exc.kind)
+        now = time.monotonic()
+        if now - self._last_error_log.get(key, 0.0) < 1.0:
+            self._suppressed_errors[key] = self._suppressed_errors.get(key, 0) + 1
+            return
+        self._last_error_log[key] = now
+        suppressed = self._suppressed_errors.pop(key, 0)
+        log.warning(
+            "backend failed, served by the fallback" if fallback else "backend failed",
+            extra={
+                "request_id": request_id,
+                "variant": exc.variant,
+                "kind": exc.kind,
+                "status": exc.status,
+                "error": exc.detail,
+                "fallback": fallback,
+                "similar_errors_not_logged": suppressed,
+            },
+        )
+
+    # -- feedback ----------------------------------------------------------------------------------
+
+    async def feedback(self, event: FeedbackIn) -> Feedback:
+        """Attribute a feedback event to its exposure (by request id, else the user's latest in this phase).
+
+        Raises AttributionError when it cannot, StoreOverloadedError when it cannot be queued, StoreError when the
+        database cannot be read.
+        """
+        live = self.live
+        if event.request_id is not None:
+            exposure = await self.store.find_exposure(event.request_id)
+            if exposure is None:
+                raise AttributionError(f"unknown request_id {event.request_id!r}: no exposure has this id", 404)
+            if exposure.user_id != event.user_id:
+                raise AttributionError(
+                    f"request_id {event.request_id!r} was served to another user, not {event.user_id!r}", 422
+                )
+            if exposure.status != 200:
+                raise AttributionError(
+                    f"request_id {event.request_id!r} was answered with an error ({exposure.error}): "
+                    "no items were shown, so there is nothing to give feedback on",
+                    409,
+                )
+            attributed_by = "request_id"
+        else:
+            exposure = await self.store.latest_exposure(event.user_id, live.phase)
+            if exposure is None:
+                raise AttributionError(
+                    f"no exposure for user {event.user_id!r} in the current phase ({live.phase}): "
+                    "send the request_id of the recommendation, or request /recommend first",
+                    404,
+                )
+            attributed_by = "user"
+        try:
+            position: int | None = list(exposure.items).index(event.item_id)
+        except ValueError:
+            position = None
+        accepted = Feedback(
+            time.time(),
+            exposure.request_id,
+            exposure.experiment,
+            exposure.phase,
+            event.user_id,
+            exposure.variant,
+            exposure.assignment,
+            event.item_id,
+            position,
+            event.event,
+            event.value,
+            attributed_by,
+        )
+        self.store.record_feedback(accepted)
+        self.metrics.feedback(exposure.variant, event.event)
+        return accepted
+
+    # -- operations --------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Re-read and validate the YAML; apply it, starting a new phase if it can move users.
+
+        Raises ConfigError (the old config keeps serving) or StoreError (the phase could not be recorded).
+        """
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.settings)
+                previous = self.live
+                if config.backend_client != previous.config.backend_client:
+                    raise ConfigError(
+                        f"backend_client: cannot change from {previous.config.backend_client!r} to "
+                        f"{config.backend_client!r} while running (got {config.backend_client!r}); restart the router"
+                    )
+                key = phase_key(config)
+                phase, is_new = await asyncio.to_thread(
+                    self.store.start_phase, config.experiment, key, phase_design(config)
+                )
+            except (ConfigError, StoreError) as exc:
+                self.metrics.reload("refused")
+                log.error("config reload refused; the previous config keeps serving", extra={"error": str(exc)})
+                raise
+            self._live = self._make_live(config, phase, key)
+            self.client().configure(config.timeouts)
+            self.metrics.phase.set(phase)
+            self.metrics.reload("applied")
+            if self._monitor is not None:
+                self._monitor.poke()
+            log.info(
+                "config reloaded",
+                extra={
+                    "phase": phase,
+                    "new_phase": is_new,
+                    "previous_phase": previous.phase,
+                    "strategy": config.strategy,
+                },
+            )
+            return ReloadResult(phase, is_new, previous.phase, config)
+
+    def health(self) -> dict[str, Any]:
+        """Router state for GET /health: 'ok' when every backend answered its last check, else 'degraded'."""
+        live = self.live
+        states = self._monitor.states() if self._monitor is not None else {}
+        stats = self.store.stats()
+        return {
+            "status": "ok" if all(s.status == "up" for s in states.values()) else "degraded",
+            "experiment": live.config.experiment,
+            "phase": live.phase,
+            "strategy": live.config.strategy,
+            "backends": {name: state.as_dict() for name, state in states.items()},
+            "store": {
+                "pending": stats["pending"],
+                "max_pending": stats["max_pending"],
+                "lost": stats["lost"],
+                "errors": stats["errors"],
+            },
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The live config for GET /config (no secrets: the admin token is not part of it)."""
+        live = self.live
+        return {
+            **live.config.model_dump(mode="json"),
+            "weights": dict(live.config.weights),
+            "phase": live.phase,
+            "phase_key": live.key,
+            "config_path": str(self.settings.config_path),
+        }
+
+
+def annotate(body: bytes, variant: str, request_id: str) -> bytes:
+    """Add `variant` and `request_id` to a backend's JSON object, splicing bytes instead of re-encoding.
+
+    >>> annotate(b'{"items": [1]}', "model_a", "abc")
+    b'{"items": [1],"variant":"model_a","request_id":"abc"}'
+
+    Variant names and request ids never need JSON escaping (their patterns exclude quotes and backslashes).
+    """
+    trimmed = body.rstrip()
+    if trimmed.endswith(b"}") and b'"variant"' not in trimmed and b'"request_id"' not in trimmed:
+        return b'%s,"variant":"%s","request_id":"%s"}' % (trimmed[:-1], variant.encode(), request_id.encode())
+    parsed = orjson.loads(body)
+    parsed["variant"] = variant
+    parsed["request_id"] = request_id
+    return orjson.dumps(parsed)
