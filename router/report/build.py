@@ -363,7 +363,9 @@ def _latency_histogram(by_variant: Mapping[str, pd.DataFrame]) -> LatencyHistogr
     if every.size == 0:
         return None
     low = max(float(every.min()), 1e-3)
-    high = max(float(every.max()), low * 1.01)
+    high = float(every.max())
+    if high < 2 * low:  # (nearly) constant latencies: widen so the axis shows whole decades, not 5.01e0
+        low, high = low / 1.5, max(high, low) * 1.5
     edges = np.geomspace(low, high, LATENCY_BINS + 1)
     counts = {
         name: tuple(int(c) for c in np.histogram(np.clip(values, low, high), bins=edges)[0])

@@ -40,6 +40,7 @@ OFFLINE_LABELS = {
     "coverage": "coverage",
     "rmse": "RMSE",
 }
+NUMERIC = re.compile(r"^(?:[-+<]\s?)?[\d.,]+")  # cells right-aligned in HTML tables
 BULLETED = ("verdict", "exclusions", "method")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -315,7 +316,8 @@ def _method_section(report: Report) -> Section:
             "withholds every verdict.",
             f"Verdict: significant when the (Holm-adjusted) CTR p-value < {report.alpha:g}. Otherwise the "
             f"sample size for {report.target_power:.0%} power targets the observed difference, at least 5% "
-            "of the control's CTR, with the unit-level spread measured here.",
+            "of the control's CTR, with the unit-level spread measured here (with several treatments at "
+            "alpha divided by their number, a slightly conservative stand-in for Holm).",
         ),
     )
 
@@ -351,8 +353,8 @@ def render_markdown(report: Report) -> str:
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+td.num { text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; }
 .alert { background: #b00020; color: #fff; padding: 1rem; font-size: 1.15rem; font-weight: bold; border-radius: 4px; }
 #verdict li { font-size: 1.05rem; margin: .3rem 0; }
@@ -392,7 +394,12 @@ def render_html(report: Report) -> str:
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="num">{_inline(c)}</td>' if NUMERIC.match(c) else f"<td>{_inline(c)}</td>" for c in row)
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -11,11 +11,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import ConsoleMessage, Error, sync_playwright
 
 from router.report import write_reports
 from tests.report.store import OutcomeStore
-from tests.report.test_build import fill_two_phases
+from tests.report.test_build import HASH_WEIGHTS, fill_two_phases, generated_store
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -28,9 +29,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-def test_report_html_renders_in_chromium_without_errors(tmp_path: Path) -> None:
-    with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
-        fill_two_phases(store)
+@pytest.mark.parametrize("case", ["two phases", "sample-ratio mismatch"])
+def test_report_html_renders_in_chromium_without_errors(tmp_path: Path, case: str) -> None:
+    if case == "two phases":
+        with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
+            fill_two_phases(store)
+    else:
+        users, ctr = {"model_a": 900, "model_b": 1100}, {"model_a": 0.1, "model_b": 0.1}
+        generated_store(tmp_path / "outcomes.sqlite3", users, ctr, HASH_WEIGHTS)
     html_path = next(p for p in write_reports(tmp_path, phase=1) if p.suffix == ".html")
     problems: list[str] = []
     requests: list[str] = []
@@ -55,6 +61,12 @@ def test_report_html_renders_in_chromium_without_errors(tmp_path: Path) -> None:
 
             assert page.title() == "A/B results: rec-ab, phase 1"
             assert "model_b vs model_a" in page.locator("#verdict").inner_text()
+            alert = page.locator("#srm-alert")
+            if case == "sample-ratio mismatch":
+                assert alert.is_visible() and "SAMPLE-RATIO MISMATCH" in alert.inner_text()
+                assert "verdict withheld" in page.locator("#verdict").inner_text()
+            else:
+                assert alert.count() == 0
             for section in ("#traffic", "#outcomes", "#comparisons", "#srm", "#offline", "#exclusions", "#method"):
                 assert page.locator(section).is_visible(), section
             for plot in ("#plot-metrics", "#plot-timeline", "#plot-latency"):
@@ -63,7 +75,7 @@ def test_report_html_renders_in_chromium_without_errors(tmp_path: Path) -> None:
                 box = svg.bounding_box()
                 assert box is not None and box["width"] > 300 and box["height"] > 100, plot
             assert page.locator("#plot-timeline svg path").count() > 2  # the cumulative CTR lines are drawn
-            screenshot = tmp_path / "report.png"
+            screenshot = tmp_path / f"report-{case.replace(' ', '-')}.png"
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
@@ -73,4 +85,4 @@ def test_report_html_renders_in_chromium_without_errors(tmp_path: Path) -> None:
     assert screenshot.stat().st_size > 10_000
     if keep := os.environ.get("REPORT_SCREENSHOT_DIR"):
         Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, Path(keep) / "report.png")
+        shutil.copy(screenshot, Path(keep) / screenshot.name)
