@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from abtest.ids import MAX_K, USER_ID_PATTERN
 from router.config import ConfigError, ConfigFileError, RouterSettings
 from router.events import StoreError, StoreOverloadedError
+from router.fastpath import RecommendFastPath, backend_error_response
 from router.proxy import BackendError
 from router.service import FeedbackIn, RequestRefusedError, RouterService
 
@@ -102,6 +103,7 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
+    app.add_middleware(RecommendFastPath, service=service)  # outermost: the hot route skips FastAPI's stack
     _add_error_handlers(app, service)
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -185,15 +187,8 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
 
     async def backend_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BackendError)
-        headers = {"X-Variant": exc.variant}
-        if exc.request_id is not None:
-            headers["X-Request-ID"] = exc.request_id
-        body = {
-            "detail": f"variant {exc.variant} failed: {exc.detail}",
-            "variant": exc.variant,
-            "request_id": exc.request_id,
-        }
-        return json_response(body, exc.status, headers)
+        status, headers, body = backend_error_response(exc)
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestRefusedError)

@@ -20,10 +20,11 @@ Errors the web layer turns into JSON (each with its HTTP status):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,9 @@ class RouterService:
         self._client: BackendClient | None = None
         self._monitor: BackendMonitor | None = None
         self._reload_lock = asyncio.Lock()
+        # Request ids: a random per-process prefix plus a counter (unique without a syscall per request).
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count(1)
         self._last_error_log: dict[tuple[str, str], float] = {}
         self._suppressed_errors: dict[tuple[str, str], int] = {}
 
@@ -191,6 +195,10 @@ class RouterService:
         live = self.live
         return live.config, live.phase
 
+    def _next_request_id(self) -> str:
+        """32 hex digits, unique across processes and restarts (64 random bits + a 64-bit counter)."""
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
+
     def _make_live(self, config: ExperimentConfig, phase: int, key: str) -> Live:
         strategy = build_strategy(config.strategy, config.weights, salt=config.salt, rng=self._rng)
         return Live(config, strategy, phase, key, {v.name: v for v in config.variants})
@@ -217,7 +225,7 @@ class RouterService:
             assigned, assignment = forced, "override"
         else:
             assigned, assignment = live.strategy.assign(user_id), "strategy"
-        request_id = uuid.uuid4().hex
+        request_id = self._next_request_id()
         client = self.client()
         served = assigned
         try:

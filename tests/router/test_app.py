@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from abtest.processes import free_port
+from router.fastpath import parse_recommend
 from tests.router.conftest import (
     AB,
     Backend,
@@ -460,3 +461,48 @@ def test_random_strategy_from_the_environment(
         seen = {router.client.get("/recommend/same-user").headers["X-Variant"] for _ in range(40)}
         assert seen == {"model_a", "model_b"}  # per request: (1/2)^39 chance of a false failure
         assert router.rows("SELECT DISTINCT strategy FROM exposures") == [("random",)]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "parsed"),
+    [
+        ("/recommend/42", b"", ("42", 10)),
+        ("/recommend/u.1-x_", b"k=100", ("u.1-x_", 100)),
+        ("/recommend/42", b"k=0", None),
+        ("/recommend/42", b"k=101", None),
+        ("/recommend/42", b"k=5&x=1", None),
+        ("/recommend/42", b"k=-1", None),
+        ("/recommend/.x", b"", None),
+        ("/recommend/a/b", b"", None),
+        ("/recommend/", b"", None),
+    ],
+)
+def test_fast_path_takes_only_plainly_valid_requests(path: str, query: bytes, parsed: tuple[str, int] | None) -> None:
+    assert parse_recommend({"path": path, "query_string": query}) == parsed
+
+
+def test_requests_outside_the_fast_path_are_answered_the_same(tmp_path: Path, backends: dict[str, Backend]) -> None:
+    raw = experiment(backends)
+    raw["variants"][1]["url"] = f"http://127.0.0.1:{free_port()}"
+    user_a, user_b = users_of("model_a", AB)[0], users_of("model_b", AB)[0]
+    with running_router(settings_for(tmp_path, raw)) as router:
+        for extra in ({}, {"utm": "x"}):  # an unknown query parameter sends the request through FastAPI
+            ok = router.client.get(f"/recommend/{user_a}", params={"k": 3, **extra})
+            assert (ok.status_code, ok.headers["X-Variant"], ok.json()["items"]) == (
+                200,
+                "model_a",
+                items_for(user_a, 3),
+            )
+            assert ok.json()["request_id"] == ok.headers["X-Request-ID"]
+            failed = router.client.get(f"/recommend/{user_b}", params={"k": 3, **extra})
+            assert failed.status_code == 503
+            assert set(failed.json()) == {"detail", "variant", "request_id"}
+            assert failed.headers["X-Request-ID"] == failed.json()["request_id"]
+        assert (
+            router.rows("SELECT variant, status FROM exposures ORDER BY id")
+            == [
+                ("model_a", 200),
+                ("model_b", 503),
+            ]
+            * 2
+        )
