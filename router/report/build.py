@@ -56,6 +56,8 @@ def assemble(data: PhaseData) -> Report:
     strategy = _strategy(config, data.strategies)
     unit = STRATEGY_UNITS[strategy]
     notes: list[str] = []
+    if any(logged != strategy for logged in data.strategies):
+        notes.append(f"the phase is configured for {strategy} but exposures were logged with {list(data.strategies)}")
 
     weights = _configured_weights(config)
     analysed = exposures[exposures["assignment"] == "strategy"]

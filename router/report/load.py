@@ -72,7 +72,11 @@ class PhaseData:
 
 @contextmanager
 def connect_read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection (``file:...?mode=ro``) that never creates the file and never writes."""
+    """A read-only connection (``file:...?mode=ro``) that never creates the database and never writes to it.
+
+    In WAL mode SQLite may still create the ``-wal``/``-shm`` companions if they are missing (a reader needs
+    the shared-memory index); the database file itself is untouched.
+    """
     path = Path(db_path)
     if not path.is_file():
         raise NoDataError(f"no outcome store at {path}")

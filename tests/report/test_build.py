@@ -10,6 +10,7 @@ import pytest
 
 from router.report import NoDataError, Report, StoreFormatError, build_report
 from router.report.document import VariantSummary
+from router.report.load import connect_read_only
 from tests.report.store import OutcomeStore
 
 HASH_WEIGHTS = {"model_a": 50.0, "model_b": 50.0}
@@ -273,6 +274,16 @@ def test_build_report_refuses_a_config_without_variants(tmp_path: Path) -> None:
 
         with pytest.raises(StoreFormatError, match="no variants"):
             build_report(path)
+
+
+def test_build_report_never_writes_the_database_file(store_path: Path) -> None:
+    before = store_path.read_bytes()
+
+    build_report(store_path, phase=1)
+
+    assert store_path.read_bytes() == before
+    with pytest.raises(sqlite3.OperationalError, match="readonly"), connect_read_only(store_path) as connection:
+        connection.execute("DELETE FROM exposures")
 
 
 def test_build_report_reads_while_the_writer_holds_a_transaction(store_path: Path) -> None:
