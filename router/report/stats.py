@@ -300,7 +300,7 @@ def units_needed(
     """Control units needed for ``target_power`` to detect ``effect`` (treatment needs ``ratio`` times as many).
 
     >>> round(units_needed(effect=0.01, sd=0.2))
-    6280
+    6279
     """
     return float(
         NormalIndPower().solve_power(
