@@ -156,7 +156,14 @@ class VariantInfo:
 Event = Exposure | Feedback | VariantInfo
 
 #: Failures caused by a row, not by the store: retrying the batch cannot help, so rows are written one by one.
-_POISON = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, TypeError, ValueError)
+_POISON = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
 _KIND = {Exposure: "exposure", Feedback: "feedback", VariantInfo: "variant_info"}
 
 
@@ -397,7 +404,14 @@ class EventStore:
                 while self._pending:
                     batch = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
                     self._inflight = len(batch)
-                    conn = self._write_with_retry(conn, batch)
+                    try:
+                        conn = self._write_with_retry(conn, batch)
+                    except Exception:  # the thread's outermost handler: never die silently with a full queue
+                        log.critical(
+                            "outcome store writer failed unexpectedly; %d events lost", len(batch), exc_info=True
+                        )
+                        self._count_lost_batch(batch)
+                        conn = self._discard(conn)
                     self._inflight = 0
                     with self._done_cond:
                         self._done += len(batch)
@@ -474,12 +488,15 @@ class EventStore:
                     self._stats.lost[kind] += 1
                 log.error("outcome store refused a %s and it is lost: %s (%r)", kind, exc, event)
 
+    def _count_lost_batch(self, batch: list[Event]) -> None:
+        with self._stats_lock:
+            for event in batch:
+                self._stats.lost[_KIND[type(event)]] += 1
+
     def _give_up(self, batch: list[Event], exc: sqlite3.Error) -> None:
         lost = batch + list(self._pending)
         self._pending.clear()
-        with self._stats_lock:
-            for event in lost:
-                self._stats.lost[_KIND[type(event)]] += 1
+        self._count_lost_batch(lost)
         log.error(
             "outcome store still failing at shutdown after %.0fs (%s): %d events could not be written and are lost",
             self._stop_timeout,

@@ -85,7 +85,9 @@ class FeedbackIn(BaseModel):
         default=None, pattern=REQUEST_ID_PATTERN, description="The `request_id` of the recommendation acted on."
     )
     user_id: str = Field(pattern=USER_ID_PATTERN, examples=["42"])
-    item_id: StrictInt = Field(ge=0, description="The item acted on (an id from the recommendation's `items`).")
+    item_id: StrictInt = Field(
+        ge=0, le=2**63 - 1, description="The item acted on (an id from the recommendation's `items`)."
+    )
     event: str = Field(pattern=EVENT_PATTERN, examples=["click"], description="click, watch, rating, ...")
     value: float | None = Field(default=None, allow_inf_nan=False, description="e.g. the rating, or seconds watched")
 

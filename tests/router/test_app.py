@@ -179,12 +179,16 @@ def test_feedback_that_cannot_be_attributed_is_refused_clearly(tmp_path: Path, b
             ({"user_id": "../alice", "item_id": 1, "event": "click"}, 422, "user_id"),
             ({"request_id": "not-hex", "user_id": "alice", "item_id": 1, "event": "click"}, 422, "request_id"),
             ({"user_id": "alice", "item_id": 1, "event": "Click Me"}, 422, "event"),
+            ({"user_id": "alice", "item_id": 2**70, "event": "click"}, 422, "item_id"),
         ]
         for body, status, message in cases:
             response = router.client.post("/feedback", json=body)
             assert (response.status_code, message in response.json()["detail"]) == (status, True), (body, response.text)
-        not_json = router.client.post("/feedback", content=b"{not json", headers={"Content-Type": "application/json"})
-        assert not_json.status_code == 422
+        json_type = {"Content-Type": "application/json"}
+        assert router.client.post("/feedback", content=b"{not json", headers=json_type).status_code == 422
+        infinite = b'{"user_id": "alice", "item_id": 1, "event": "rating", "value": 1e999}'
+        refused = router.client.post("/feedback", content=infinite, headers=json_type)
+        assert refused.status_code == 422 and "value" in refused.json()["detail"]
         assert router.rows("SELECT COUNT(*) FROM feedback") == [(0,)]
 
 
