@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from abtest.data import DataError
+from abtest.processes import ServiceError
 from abtest.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir
 
 
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except DataError as exc:
+    except (DataError, ServiceError) as exc:
         print(f"abtest: {exc}", file=sys.stderr)
         return 2
 

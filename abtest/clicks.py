@@ -30,7 +30,7 @@ class ClickModel:
     propensity ~ Normal(0, user_spread), fixed per user.
     """
 
-    base: float = -3.0
+    base: float = -4.0
     affinity_weight: float = 1.0
     user_spread: float = 1.0
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from httpx_aiohttp import AiohttpTransport
 from numpy.typing import NDArray
 from tqdm import tqdm
 
@@ -136,7 +137,8 @@ async def simulate(config: SimulationConfig, data: Dataset | None = None) -> Sim
     started = time.monotonic()
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
     bar = tqdm(total=config.requests, desc="simulate", unit="req", disable=not config.progress)
-    async with httpx.AsyncClient(base_url=config.url, timeout=config.timeout, limits=limits) as client:
+    transport = AiohttpTransport(limits=limits, trust_env=False)  # ~3x less CPU per request than httpcore's pool
+    async with httpx.AsyncClient(base_url=config.url, timeout=config.timeout, transport=transport) as client:
 
         async def worker() -> None:
             for number in next_request:

@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) stops the router first, so it flushes every acknowledged eve
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from types import FrameType
 from typing import IO
 
 from abtest.data import canonical_spec
-from abtest.processes import python_module, start_service, stop_service, wait_healthy
+from abtest.processes import ServiceError, python_module, start_service, stop_service, wait_healthy
 from abtest.training import MODEL_NAMES, is_trained, train_and_save
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "router" / "experiment.yaml"
@@ -61,6 +62,9 @@ class RunningStack:
             codes[name] = stop_service(self.processes[name])
         for thread in self.log_threads:
             thread.join(timeout=5)
+        for process in self.processes.values():
+            if process.stdout is not None:
+                process.stdout.close()
         return codes
 
 
@@ -93,8 +97,20 @@ def _start(name: str, argv: list[str], env: dict[str, str], stack: RunningStack,
     stack.log_threads.append(relay)
 
 
+def _check_ports_free(config: StackConfig) -> None:
+    """Refuse to start over another stack: its health checks would answer for ours."""
+    for name, port in {**config.model_ports, "router": config.router_port}.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((config.host, port)) == 0:
+                raise ServiceError(
+                    f"port {port} on {config.host} (for {name}) is already in use - another `abtest up`? "
+                    "Stop it or choose other ports (--port, --model-a-port, --model-b-port)."
+                )
+
+
 def start_stack(config: StackConfig, out: IO[str] = sys.stdout) -> RunningStack:
     """Train what is missing, start the three services, return when all are healthy."""
+    _check_ports_free(config)
     config.results_dir.mkdir(parents=True, exist_ok=True)
     spec = canonical_spec(config.data_spec)
     for name in MODEL_NAMES:
