@@ -316,6 +316,11 @@ class EventStore:
         """Events queued or being written."""
         return len(self._pending) + self._inflight
 
+    @property
+    def accepting(self) -> bool:
+        """False while the queue is full (or the store is closing): new feedback would be refused."""
+        return len(self._pending) + self._inflight < self.max_pending and not self._stop.is_set()
+
     def record_exposure(self, exposure: Exposure) -> bool:
         """Queue an exposure and index it for attribution. False if the queue is full (counted as lost)."""
         if not self._enqueue(exposure):

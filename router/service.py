@@ -41,7 +41,7 @@ from router.config import (
     phase_design,
     phase_key,
 )
-from router.events import STORE_FILE, EventStore, Exposure, Feedback, StoreError
+from router.events import STORE_FILE, EventStore, Exposure, Feedback, StoreError, StoreOverloadedError
 from router.metrics import Metrics
 from router.monitor import BackendMonitor
 from router.proxy import BackendClient, BackendError, open_client
@@ -341,6 +341,9 @@ class RouterService:
         database cannot be read.
         """
         live = self.live
+        if not self.store.accepting:
+            # Refuse before looking up: under overload the exposure itself may not have been recorded.
+            raise StoreOverloadedError("outcome store overloaded, retry")
         if event.request_id is not None:
             exposure = await self.store.find_exposure(event.request_id)
             if exposure is None:

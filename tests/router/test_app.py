@@ -510,3 +510,24 @@ def test_requests_outside_the_fast_path_are_answered_the_same(tmp_path: Path, ba
             ]
             * 2
         )
+
+
+def test_a_full_store_queue_refuses_feedback_and_counts_lost_exposures(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        shown = router.client.get("/recommend/alice").json()
+        router.flush()
+        router.service.store.max_pending = 0  # as if the store had been failing until the queue filled up
+        served = router.client.get("/recommend/alice")
+        assert served.status_code == 200  # requests keep being served
+        refused = router.client.post(
+            "/feedback", json={"request_id": shown["request_id"], "user_id": "alice", "item_id": 1, "event": "click"}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["detail"] == "outcome store overloaded, retry"
+        assert refused.headers["Retry-After"] == "1"
+        metrics = router.client.get("/metrics").text
+        assert 'router_events_lost_total{kind="exposure"} 1.0' in metrics
+        assert 'router_rejected_total{endpoint="feedback",status="503"} 1.0' in metrics
+        assert router.client.get("/health").json()["store"]["lost"]["exposure"] == 1
