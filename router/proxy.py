@@ -27,7 +27,8 @@ from yarl import URL
 
 from router.config import Timeouts, Variant
 
-#: Most connections the router keeps open to all backends together.
+#: Most connections the router opens to one backend (aiohttp: per backend, so a hung variant cannot take the
+#: other's connections; httpx: in total).
 MAX_CONNECTIONS = 512
 
 #: Seconds allowed for a /health or /info probe (never longer than the configured timeouts).
@@ -142,7 +143,7 @@ class AiohttpClient:
     """BackendClient over one `aiohttp.ClientSession` (create it inside a running event loop)."""
 
     def __init__(self, timeouts: Timeouts, *, max_connections: int = MAX_CONNECTIONS) -> None:
-        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=max_connections, ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
         self._timeouts = timeouts
         self._timeout = _aiohttp_timeout(timeouts)

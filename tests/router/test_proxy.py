@@ -76,13 +76,13 @@ def test_refused_connection_is_unavailable(kind: Kind) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_slow_backend_times_out_after_the_read_timeout(kind: Kind, backends: dict[str, Backend]) -> None:
     backend = backends["model_b"]
-    backend.control.delay = 3.0
+    backend.control.delay = 1.5
     started = time.monotonic()
     with pytest.raises(BackendTimeoutError) as caught:
         run_with_client(kind, lambda c: c.recommend(variant(backend.url), "u", 3))
     elapsed = time.monotonic() - started
     assert (caught.value.status, caught.value.kind) == (504, "timeout")
-    assert 0.3 <= elapsed < 2.0, elapsed
+    assert 0.3 <= elapsed < 1.4, elapsed  # the timeout, not the backend's eventual answer
 
 
 @pytest.mark.parametrize("kind", KINDS)
