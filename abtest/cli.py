@@ -99,10 +99,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "models":
-        from abtest.bench import models
+    from abtest.bench import models, router, store
 
+    if args.what in ("models", "all"):
         models.run(args.results_dir, seconds=args.seconds)
+    if args.what in ("store", "all"):
+        store.run(args.results_dir)
+    if args.what in ("router", "all"):
+        router.run(args.results_dir, rounds=args.rounds, seconds=args.seconds, soak_seconds=args.soak_seconds)
     return 0
 
 
@@ -149,8 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_cmd_report)
 
     bench = commands.add_parser("bench", help="benchmarks: figures printed and written under the results folder")
-    bench.add_argument("what", choices=["models"], help="models: each model server's cost")
-    bench.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
+    bench.add_argument(
+        "what",
+        choices=["models", "router", "store", "all"],
+        help="models: each model server's cost; router: router vs direct vs nginx; store: outcome writes/s",
+    )
+    bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
+    bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")
+    bench.add_argument("--soak-seconds", type=float, default=60.0, help="router: full-load run for the RSS check")
     bench.add_argument("--results-dir", type=Path, default=_results_dir())
     bench.set_defaults(run=_cmd_bench)
     return parser

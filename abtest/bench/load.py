@@ -90,7 +90,7 @@ def _run_wrk(base_url: str, connections: int, seconds: float, users: int, path: 
             "-c",
             str(connections),
             "-d",
-            f"{seconds}s",
+            f"{max(1, round(seconds))}s",
             "-s",
             str(script_path),
             base_url,
