@@ -81,7 +81,10 @@ def run(
                 row["rows_in_store"] = db.execute("SELECT COUNT(*) FROM exposures").fetchone()[0]
             row["zero_loss"] = row["rows_in_store"] == row["offered"] and row["lost"] == 0
             rows.append(row)
-    header = f"{'offered/s':>10} {'achieved/s':>11} {'events':>8} {'in store':>9} {'lost':>5} {'max queue':>10} {'flushed s':>10}"
+    header = (
+        f"{'offered/s':>10} {'achieved/s':>11} {'events':>8} {'in store':>9} {'lost':>5} "
+        f"{'max queue':>10} {'flushed s':>10}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
