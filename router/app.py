@@ -4,7 +4,8 @@
     uvicorn.run(app, port=8080)
 
 Endpoints: GET /recommend/{user_id}?k=10, POST /feedback, GET /health, GET /config, GET /metrics,
-POST /admin/reload (bearer token). The service is at `app.state.service` once the lifespan has started.
+POST /admin/reload (bearer token). `app.state.service` is the RouterService (started by the lifespan;
+its outcome store file is `service.store.path`), `app.state.settings` the settings.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
-        app.state.service = service
         loop = asyncio.get_running_loop()
         if handle_sighup:
 
@@ -102,6 +102,8 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
         description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
         lifespan=lifespan,
     )
+    app.state.service = service  # inert until the lifespan starts it; routes added later can use it
+    app.state.settings = settings
     app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
     app.add_middleware(RecommendFastPath, service=service)  # outermost: the hot route skips FastAPI's stack
     _add_error_handlers(app, service)
