@@ -296,7 +296,8 @@ def build_config(
         unknown = sorted(set(urls) - {n for n in known if isinstance(n, str)})
         if unknown:
             raise ConfigError(
-                f"ROUTER_VARIANT_URLS: {', '.join(map(repr, unknown))} not a variant of the experiment "
+                f"ROUTER_VARIANT_URLS: {', '.join(map(repr, unknown))} "
+                f"{'is not a variant' if len(unknown) == 1 else 'are not variants'} of the experiment "
                 f"(variants: {', '.join(map(str, known)) or 'none'})"
             )
         assert isinstance(variants, list)  # known is non-empty only for a list
