@@ -4,8 +4,9 @@
     uvicorn.run(app, port=8080)
 
 Endpoints: GET /recommend/{user_id}?k=10, POST /feedback, GET /health, GET /config, GET /metrics,
-POST /admin/reload (bearer token). `app.state.service` is the RouterService (started by the lifespan;
-its outcome store file is `service.store.path`), `app.state.settings` the settings.
+GET /results (the A/B report as JSON), GET /report (as HTML), POST /admin/reload (bearer token).
+`app.state.service` is the RouterService (started by the lifespan; its outcome store file is
+`service.store.path`), `app.state.settings` the settings.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from router.config import ConfigError, ConfigFileError, RouterSettings
 from router.events import StoreError, StoreOverloadedError
 from router.fastpath import RecommendFastPath, backend_error_response
 from router.proxy import BackendError
+from router.report import Report, ReportError, build_report, render_html, report_to_json
 from router.service import FeedbackIn, RequestRefusedError, RouterService
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ UserId = Annotated[
     ),
 ]
 TopK = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many items, 1..{MAX_K}.")]
+Phase = Annotated[int | None, Query(ge=1, description="Which phase (default: the latest).")]
 
 _FRIENDLY = {
     (
@@ -168,6 +171,25 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    report_lock = asyncio.Lock()  # one report at a time: it is CPU work, and matplotlib's rc settings are global
+
+    async def current_report(phase: int | None) -> Report:
+        """The report over everything acknowledged so far (queued events are written first)."""
+        async with report_lock:
+            await service.store.aflush(5.0)
+            return await asyncio.to_thread(build_report, service.store.path, phase)
+
+    @app.get("/results", summary="The A/B results of a phase (latest by default) as JSON")
+    async def results(phase: Phase = None) -> Response:
+        return json_response(report_to_json(await current_report(phase)))
+
+    @app.get("/report", summary="The A/B results report of a phase (latest by default) as a self-contained HTML page")
+    async def report(phase: Phase = None) -> Response:
+        built = await current_report(phase)
+        async with report_lock:
+            page = await asyncio.to_thread(render_html, built)
+        return Response(page, media_type="text/html; charset=utf-8")
+
     @app.post("/admin/reload", dependencies=[Depends(require_admin)], summary="Re-read and apply the config file")
     async def reload() -> Response:
         result = await service.reload()
@@ -202,6 +224,10 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
         service.metrics.rejected(request.url.path.split("/")[1] or "/", 503)
         return json_response({"detail": str(exc)}, 503, {"Retry-After": "1"})
 
+    async def report_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ReportError)
+        return json_response({"detail": str(exc)}, exc.status_code)
+
     async def config_error(request: Request, exc: Exception) -> Response:
         status = 400 if isinstance(exc, ConfigFileError) else 422
         return json_response({"detail": str(exc)}, status)
@@ -228,6 +254,7 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
     app.add_exception_handler(StoreOverloadedError, overloaded)
     app.add_exception_handler(StoreError, overloaded)
     app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(ReportError, report_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
 

@@ -70,9 +70,7 @@ def test_movielens_u_data_and_ratings_csv_load_with_detected_format(tmp_path: Pa
     u_data.parent.mkdir()
     u_data.write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows), encoding="utf-8")
     csv = tmp_path / "ratings.csv"
-    csv.write_text(
-        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows)
-    )
+    csv.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows))
 
     from_folder, from_csv = load_dataset(f"movielens:{u_data.parent}"), load_dataset(f"movielens:{csv}")
     for data in (from_folder, from_csv):

@@ -34,9 +34,7 @@ def server(request: pytest.FixtureRequest, models_dir: Path) -> Iterator[tuple[s
         stop_service(proc)
 
 
-def test_recommend_returns_the_contract_for_a_known_user(
-    server: tuple[str, httpx.Client], models_dir: Path
-) -> None:
+def test_recommend_returns_the_contract_for_a_known_user(server: tuple[str, httpx.Client], models_dir: Path) -> None:
     name, client = server
     response = client.get("/recommend/42", params={"k": 7})
     assert response.status_code == 200

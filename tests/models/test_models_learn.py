@@ -60,9 +60,7 @@ def test_recommendations_never_include_items_the_user_rated(models_dir: Path) ->
     for name in MODEL_NAMES:
         model = FactorModel.load(models_dir / name)
         for user in range(0, len(model.user_ids), 50):
-            rated = set(
-                model.item_ids[model.seen.indices[model.seen.indptr[user] : model.seen.indptr[user + 1]]]
-            )
+            rated = set(model.item_ids[model.seen.indices[model.seen.indptr[user] : model.seen.indptr[user + 1]]])
             items = model.recommend(str(model.user_ids[user]), 100).items
             assert len(items) == 100 and len(set(items)) == 100
             assert rated.isdisjoint(items)
@@ -76,9 +74,7 @@ def test_unknown_user_gets_the_most_popular_items_as_cold_start(models_dir: Path
     assert result.scores == sorted(result.scores, reverse=True)
 
 
-def test_artefact_round_trip_serves_the_same_lists_and_records_metadata(
-    models_dir: Path, tmp_path: Path
-) -> None:
+def test_artefact_round_trip_serves_the_same_lists_and_records_metadata(models_dir: Path, tmp_path: Path) -> None:
     model = FactorModel.load(models_dir / "model_b")
     model.save(tmp_path / "copy")
     again = FactorModel.load(tmp_path / "copy")

@@ -1,0 +1,49 @@
+"""GET /results and GET /report: the live A/B report over the router's own outcome store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.router.conftest import AB, Backend, experiment, running_router, settings_for, users_of
+
+
+def test_results_and_report_count_every_acknowledged_exposure_and_click(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    settings = settings_for(tmp_path, experiment(backends))
+    with running_router(settings) as router:
+        served: dict[str, int] = {"model_a": 0, "model_b": 0}
+        clicks: dict[str, int] = {"model_a": 0, "model_b": 0}
+        for number in range(60):
+            body = router.client.get(f"/recommend/user-{number}", params={"k": 5}).json()
+            served[body["variant"]] += 1
+            if number % 3 == 0:
+                feedback = {"request_id": body["request_id"], "user_id": f"user-{number}", "item_id": body["items"][0]}
+                assert router.client.post("/feedback", json={**feedback, "event": "click"}).status_code == 202
+                clicks[body["variant"]] += 1
+        # no flush here: the endpoint itself must include events still queued for the writer
+        results = router.client.get("/results")
+        page = router.client.get("/report")
+
+    assert results.status_code == 200
+    report = results.json()
+    assert report["experiment"] == "rec-ab" and report["phase"] == 1 and report["unit"] == "user"
+    assert {row["name"]: row["exposures"] for row in report["variants"]} == served
+    assert {row["name"]: row["clicked_exposures"] for row in report["variants"]} == clicks
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text and "rec-ab" in page.text
+
+
+def test_results_for_a_phase_that_does_not_exist_is_a_clear_404(tmp_path: Path, backends: dict[str, Backend]) -> None:
+    settings = settings_for(tmp_path, experiment(backends))
+    with running_router(settings) as router:
+        before_traffic = router.client.get("/results")
+        router.client.get(f"/recommend/{users_of('model_a', AB)[0]}")
+        missing_phase = router.client.get("/report", params={"phase": 7})
+        bad_phase = router.client.get("/results", params={"phase": 0})
+    assert before_traffic.status_code == 404
+    assert "no exposures" in before_traffic.json()["detail"]
+    assert missing_phase.status_code == 404
+    assert "7" in missing_phase.json()["detail"]
+    assert bad_phase.status_code == 422
