@@ -1,0 +1,167 @@
+"""docker-compose.yml, structurally: what compose-smoke runs for real, checked in milliseconds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.containers.files import DOCKERFILES, ROOT, compose, instructions, service
+
+SERVERS = ("model_a", "model_b", "router")
+MODELS = ("model_a", "model_b")
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`1m30s`, `180s`, `500ms`) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def bind_mounts(name: str) -> dict[str, str]:
+    """A service's bind mounts: container path -> host path (relative to the compose file)."""
+    mounts = {}
+    for volume in service(name).get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith((".", "/")):
+            mounts[target] = source
+    return mounts
+
+
+def image_env(name: str) -> dict[str, str]:
+    """The ENV values a service's Dockerfile sets (`KEY=value` pairs)."""
+    env = {}
+    for instruction in instructions(DOCKERFILES[name]):
+        if instruction.keyword == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", instruction.arguments))
+    return env
+
+
+def environment(name: str) -> dict[str, Any]:
+    """A service's effective environment: its image's ENV, then compose's `environment`."""
+    return {**image_env(name), **service(name).get("environment", {})}
+
+
+def test_compose_has_the_three_services_and_a_demo_simulator() -> None:
+    services = compose()["services"]
+    assert set(SERVERS) <= set(services)
+    assert services["simulate"]["profiles"] == ["demo"]
+    assert "http://router:8080" in " ".join(services["simulate"]["command"])
+    for name in SERVERS:
+        build = services[name]["build"]
+        assert build["context"] == "."
+        assert (ROOT / build["dockerfile"]) == DOCKERFILES[name]
+
+
+def test_only_the_router_publishes_a_port() -> None:
+    published = {name: spec["ports"] for name, spec in compose()["services"].items() if "ports" in spec}
+    assert published == {"router": ["8080:8080"]}
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_service_healthcheck_is_one_podman_accepts(name: str) -> None:
+    check = service(name)["healthcheck"]
+    test = check["test"]
+    assert isinstance(test, list)
+    assert test[0] in {"CMD", "CMD-SHELL"}
+    if test[0] == "CMD":
+        assert not [arg for arg in test[1:] if re.search(r"\s", arg)], "podman 4.3 splits CMD arguments on spaces"
+    else:
+        assert len(test) == 2
+    port = 8080 if name == "router" else 8000
+    assert f"http://127.0.0.1:{port}/health" in test[-1]
+    for key in ("interval", "timeout", "start_period"):
+        seconds(check[key])
+    assert check["retries"] >= 1
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_healthcheck_allows_for_training_on_first_start(name: str) -> None:
+    assert seconds(service(name)["healthcheck"]["start_period"]) >= 60
+
+
+def test_router_waits_for_healthy_models() -> None:
+    depends = service("router")["depends_on"]
+    for name in MODELS:
+        assert depends[name] == {"condition": "service_healthy"}
+    assert depends["results-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_results_folder_is_the_routers_results_dir() -> None:
+    results_dir = environment("router")["RESULTS_DIR"]
+    assert bind_mounts("router")[results_dir] == "./results"
+    assert bind_mounts("simulate")[results_dir] == "./results"
+    assert bind_mounts("results-init")["/results"] == "./results"
+
+
+def test_experiment_config_is_mounted_as_a_folder_the_router_reads() -> None:
+    """A folder mount sees editors that save by replacing the file; a single-file mount would not."""
+    config = PurePosixPath(environment("router")["ROUTER_CONFIG"])
+    mounts = bind_mounts("router")
+    host_folder = mounts[str(config.parent)]
+    assert (ROOT / host_folder).is_dir()
+    assert (ROOT / host_folder / config.name).is_file()
+    mode = next(v for v in service("router")["volumes"] if v.split(":")[1] == str(config.parent))
+    assert mode.endswith(":ro")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_artefacts_live_in_a_named_volume(name: str) -> None:
+    models_dir = image_env(name)["MODELS_DIR"]
+    named = [v.split(":") for v in service(name)["volumes"] if not v.startswith((".", "/"))]
+    assert [volume for volume, target, *_ in named if target == models_dir] == ["models"]
+    assert "models" in compose()["volumes"]
+
+
+def test_default_experiment_points_at_the_compose_services() -> None:
+    experiment = yaml.safe_load((ROOT / "router" / "experiment.yaml").read_text(encoding="utf-8"))
+    for variant in experiment["variants"]:
+        url = urlsplit(variant["url"])
+        assert url.hostname in compose()["services"], variant
+        assert url.port == 8000, variant
+
+
+def test_admin_token_comes_only_from_the_environment() -> None:
+    assert service("router")["environment"]["ROUTER_ADMIN_TOKEN"] == "${ROUTER_ADMIN_TOKEN:-}"
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    for match in re.finditer(r"(?im)^\s*([A-Z_]*(TOKEN|SECRET|PASSWORD)[A-Z_]*):\s*(.*)$", text):
+        assert match[3].startswith("${"), match[0]
+
+
+def with_defaults(text: str) -> str:
+    """Compose interpolation with an empty environment: `${ABTEST_UID:-10001}` -> `10001`."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def test_only_the_one_shot_results_init_runs_as_root() -> None:
+    """results-init fixes the ./results permissions and exits; every long-running service is non-root."""
+    as_root = {
+        name: spec
+        for name, spec in compose()["services"].items()
+        if with_defaults(str(spec.get("user", ""))).split(":")[0] in {"0", "root"}
+    }
+    assert set(as_root) == {"results-init"}
+    assert "ports" not in as_root["results-init"]
+    assert as_root["results-init"].get("restart") == "no"
+
+
+def test_router_user_defaults_to_the_image_user_and_results_init_grants_it() -> None:
+    image_user = next(i for i in reversed(instructions(DOCKERFILES["router"])) if i.keyword == "USER").arguments
+    for name in ("router", "simulate"):
+        assert with_defaults(service(name)["user"]) == image_user
+    uid, gid = re.findall(r"\$\{[^}]*\}|[^:]+", service("router")["user"])
+    command = " ".join(service("results-init")["command"])
+    assert f"--reuid={uid} --regid={gid}" in command
+    assert f"chgrp {gid} /results" in command
+    for name in DOCKERFILES:
+        assert next(i for i in reversed(instructions(DOCKERFILES[name])) if i.keyword == "USER").arguments == image_user
+
+
+def test_compose_file_is_in_the_repository_root() -> None:
+    assert Path(ROOT / "docker-compose.yml").is_file()
