@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -31,7 +32,6 @@ from router.config import ConfigError, ConfigFileError, RouterSettings
 from router.events import StoreError, StoreOverloadedError
 from router.fastpath import RecommendFastPath, backend_error_response
 from router.proxy import BackendError
-from router.report import Report, ReportError, build_report, render_html, report_to_json
 from router.service import FeedbackIn, RequestRefusedError, RouterService
 
 log = logging.getLogger(__name__)
@@ -173,22 +173,20 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
 
     report_lock = asyncio.Lock()  # one report at a time: it is CPU work, and matplotlib's rc settings are global
 
-    async def current_report(phase: int | None) -> Report:
-        """The report over everything acknowledged so far (queued events are written first)."""
+    async def report_response(phase: int | None, form: str) -> Response:
+        """The report over everything acknowledged so far: queued events are written first."""
         async with report_lock:
             await service.store.aflush(5.0)
-            return await asyncio.to_thread(build_report, service.store.path, phase)
+            status, body, media_type = await asyncio.to_thread(_render_report, service.store.path, phase, form)
+        return Response(body, status_code=status, media_type=media_type)
 
     @app.get("/results", summary="The A/B results of a phase (latest by default) as JSON")
     async def results(phase: Phase = None) -> Response:
-        return json_response(report_to_json(await current_report(phase)))
+        return await report_response(phase, "json")
 
     @app.get("/report", summary="The A/B results report of a phase (latest by default) as a self-contained HTML page")
     async def report(phase: Phase = None) -> Response:
-        built = await current_report(phase)
-        async with report_lock:
-            page = await asyncio.to_thread(render_html, built)
-        return Response(page, media_type="text/html; charset=utf-8")
+        return await report_response(phase, "html")
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)], summary="Re-read and apply the config file")
     async def reload() -> Response:
@@ -204,6 +202,23 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
         )
 
     return app
+
+
+def _render_report(store_path: Path, phase: int | None, form: str) -> tuple[int, bytes, str]:
+    """Build and render the report in a worker thread: (status, body, media type).
+
+    The report's libraries (pandas, statsmodels, matplotlib) load here on first use, not at start-up,
+    so the router starts fast and stays small until someone asks for a report.
+    """
+    from router import report
+
+    try:
+        built = report.build_report(store_path, phase)
+    except report.ReportError as exc:
+        return exc.status_code, orjson.dumps({"detail": str(exc)}), "application/json"
+    if form == "html":
+        return 200, report.render_html(built).encode(), "text/html; charset=utf-8"
+    return 200, orjson.dumps(report.report_to_json(built)), "application/json"
 
 
 def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
@@ -223,10 +238,6 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
     async def overloaded(request: Request, exc: Exception) -> Response:
         service.metrics.rejected(request.url.path.split("/")[1] or "/", 503)
         return json_response({"detail": str(exc)}, 503, {"Retry-After": "1"})
-
-    async def report_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ReportError)
-        return json_response({"detail": str(exc)}, exc.status_code)
 
     async def config_error(request: Request, exc: Exception) -> Response:
         status = 400 if isinstance(exc, ConfigFileError) else 422
@@ -254,7 +265,6 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
     app.add_exception_handler(StoreOverloadedError, overloaded)
     app.add_exception_handler(StoreError, overloaded)
     app.add_exception_handler(ConfigError, config_error)
-    app.add_exception_handler(ReportError, report_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
 
