@@ -24,7 +24,7 @@ apt_install() {
   fi
   echo "$0: installing ${missing[*]} with apt-get"
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 if [ -z "${VIRTUAL_ENV:-}" ]; then
