@@ -443,6 +443,7 @@ class RouterService:
             "strategy": live.config.strategy,
             "backends": {name: state.as_dict() for name, state in states.items()},
             "store": {
+                "written": stats["written"],
                 "pending": stats["pending"],
                 "max_pending": stats["max_pending"],
                 "lost": stats["lost"],
