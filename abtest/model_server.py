@@ -15,15 +15,14 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi import Path as PathParam
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from abtest.ids import MAX_K, USER_ID_PATTERN
+from abtest.ids import TopK, UserId
 from abtest.recommender import FactorModel
 from abtest.training import DEFAULT_SEED, load_or_train
 
@@ -54,17 +53,6 @@ class HealthResponse(BaseModel):
     status: str
     model: str
     version: str
-
-
-UserId = Annotated[
-    str,
-    PathParam(
-        pattern=USER_ID_PATTERN,
-        description="1-64 letters, digits, '_', '.', '-' (not starting with '.').",
-        examples=["42"],
-    ),
-]
-TopK = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many items, 1..{MAX_K}.")]
 
 
 def create_app(settings: ModelServerSettings, model: FactorModel | None = None) -> FastAPI:

@@ -22,12 +22,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from abtest.ids import MAX_K, USER_ID_PATTERN
+from abtest.ids import MAX_K, TopK, UserId
 from router.config import ConfigError, ConfigFileError, RouterSettings
 from router.events import StoreError, StoreOverloadedError
 from router.fastpath import RecommendFastPath, backend_error_response
@@ -36,15 +35,6 @@ from router.service import FeedbackIn, RequestRefusedError, RouterService
 
 log = logging.getLogger(__name__)
 
-UserId = Annotated[
-    str,
-    PathParam(
-        pattern=USER_ID_PATTERN,
-        description="1-64 letters, digits, '_', '.', '-' (not starting with '.').",
-        examples=["42"],
-    ),
-]
-TopK = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many items, 1..{MAX_K}.")]
 Phase = Annotated[int | None, Query(ge=1, description="Which phase (default: the latest).")]
 
 _FRIENDLY = {
