@@ -47,6 +47,7 @@ class Tally:
     transport_errors: Counter[str] = field(default_factory=Counter)
     feedback_sent: int = 0
     acked_feedback: list[tuple[str, int]] = field(default_factory=list)  # (request_id, item) answered 202
+    acked_feedback_at: list[float] = field(default_factory=list)  # time.monotonic() of each 202, same order
     feedback_refused: Counter[int] = field(default_factory=Counter)
     feedback_errors: Counter[str] = field(default_factory=Counter)
 
@@ -191,5 +192,6 @@ class Load:
             return
         if accepted == 202:
             tally.acked_feedback.append((request_id, item))
+            tally.acked_feedback_at.append(time.monotonic())
         else:
             tally.feedback_refused[accepted] += 1
