@@ -33,6 +33,7 @@ import httpx
 import pytest
 import yaml
 
+from abtest.processes import CLEAN_EXIT_CODES, ServiceError
 from router.app import create_app
 from router.config import RouterSettings
 from router.events import EventStore
@@ -252,3 +253,18 @@ def test_store_still_failing_at_shutdown_counts_what_it_could_not_write_as_lost(
     assert any(
         "could not be written and are lost" in r.getMessage() and str(pending) in r.getMessage() for r in caplog.records
     )
+
+
+def test_store_locked_at_start_up_stops_the_router_with_a_clear_message(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    nowhere = {"model_a": "http://127.0.0.1:9", "model_b": "http://127.0.0.1:9"}
+    first = start_router(experiment(nowhere))
+    assert first.stop() in CLEAN_EXIT_CODES
+    with closing(sqlite3.connect(store_path(first), isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ServiceError, match="exited with code 3"):
+            start_router(experiment(nowhere), name="second")
+        locker.execute("ROLLBACK")
+    log = (tmp_path / "second.log").read_text()
+    assert f"cannot open the outcome store {store_path(first)}: database is locked" in log
