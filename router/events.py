@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -60,6 +61,11 @@ class StoreError(RuntimeError):
 
 class StoreOverloadedError(StoreError):
     """The write queue is full (the store is failing or too slow): refuse new feedback until it drains."""
+
+
+class StoreFileMovedError(sqlite3.OperationalError):
+    """The store file was deleted or replaced after open(): the writer's connection would write into a file
+    nobody can see any more, so it refuses (retried and counted like any other store failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,7 @@ class EventStore:
 
         self._read_conn: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file open() set up
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -250,6 +257,7 @@ class EventStore:
                 f"outcome store {self.path} has schema version {found}, this router writes version "
                 f"{SCHEMA_VERSION}: move the old file aside or migrate it"
             )
+        self._file_id = _file_identity(self.path)
         self._writer = threading.Thread(target=self._run, name="outcome-store-writer", daemon=True)
         self._writer.start()
         log.info("outcome store open", extra={"path": str(self.path)})
@@ -433,6 +441,7 @@ class EventStore:
         delay = 0.05
         while True:
             try:
+                self._check_file()
                 if conn is None:
                     conn = self._connect()
                 self._write(conn, batch)
@@ -512,6 +521,18 @@ class EventStore:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    def _check_file(self) -> None:
+        """Raise StoreFileMovedError if the file at `path` is no longer the one open() set up."""
+        try:
+            found: tuple[int, int] | None = _file_identity(self.path)
+        except FileNotFoundError:
+            found = None
+        if found != self._file_id:
+            raise StoreFileMovedError(
+                f"the outcome store file {self.path} was deleted or replaced while the router ran; "
+                "restart the router to open it anew"
+            )
+
     def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=check_same_thread, timeout=self._busy_timeout_ms / 1000
@@ -567,10 +588,17 @@ class EventStore:
             }
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 def error_kind(exc: Exception) -> str:
-    """A short label for a SQLite failure: locked, readonly, full, io, corrupt, constraint or other."""
+    """A short label for a SQLite failure: locked, readonly, full, io, corrupt, moved, constraint or other."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc).lower()
+    if isinstance(exc, StoreFileMovedError):
+        return "moved"
     if isinstance(exc, _POISON):
         return "constraint"
     if "BUSY" in name or "LOCKED" in name or "locked" in text or "busy" in text:

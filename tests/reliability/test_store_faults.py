@@ -268,3 +268,40 @@ def test_store_locked_at_start_up_stops_the_router_with_a_clear_message(
         locker.execute("ROLLBACK")
     log = (tmp_path / "second.log").read_text()
     assert f"cannot open the outcome store {store_path(first)}: database is locked" in log
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_store_file_deleted_or_replaced_while_running_is_an_error_not_a_silent_loss(
+    models: dict[str, Service], tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """An operator removes the file (or moves a copy over it): writes to the old, unlinked file would vanish."""
+    caplog.set_level(logging.ERROR, logger="router.events")
+    traffic = Traffic()
+    with (
+        router_with_faulty_store(tmp_path, models, StoreFault("full", active=False)) as (url, store),
+        httpx.Client(base_url=url) as client,
+    ):
+        store._stop_timeout = 1.0  # how long the stop keeps retrying a failing store (10 s in production)
+        for user in USERS[:20]:
+            traffic.visit(client, user)
+        wait_until(lambda: store_counters(url)["pending"] == 0, what="the first events written")
+        before = wait_balanced(url, traffic)
+        if how == "deleted":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+        else:
+            with closing(sqlite3.connect(store.path)) as source, closing(sqlite3.connect(tmp_path / "copy")) as copy:
+                source.backup(copy)
+            (tmp_path / "copy").replace(store.path)
+        for user in USERS[20:40]:
+            traffic.visit(client, user)
+        wait_until(lambda: store_counters(url)["errors"].get("moved", 0) >= 1, what="the writer to notice")
+        during = wait_balanced(url, traffic)
+        assert during["written"] == before["written"]  # nothing is claimed written into a file nobody can see
+        assert during["pending"] == 40
+    stats = store.stats()  # stopped: retried for 1 s, then gave up on the 40 events and counted them
+    assert stats["lost"] == {"exposure": 20, "feedback": 20, "variant_info": 0}
+    assert sum(stats["written"].values()) + sum(stats["lost"].values()) == traffic.recorded()
+    on_disk = stored(store, "SELECT COUNT(*) FROM exposures")[0][0] if store.path.exists() else 0
+    assert on_disk == (20 if how == "replaced" else 0)
+    assert any("was deleted or replaced" in r.getMessage() for r in caplog.records)
