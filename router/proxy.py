@@ -16,6 +16,8 @@ the app's lifespan by `open_client`.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import quote
@@ -33,6 +35,10 @@ MAX_CONNECTIONS = 512
 
 #: Seconds allowed for a /health or /info probe (never longer than the configured timeouts).
 PROBE_TIMEOUT = 2.0
+
+#: Largest backend answer the router reads (after decompression); a 100-item list is about 3 KB. A backend
+#: that sends more (an endless stream, a gzip bomb) gets a 502 instead of filling the router's memory.
+MAX_RESPONSE_BYTES = 1_048_576
 
 InfoPath = Literal["/health", "/info"]
 
@@ -169,7 +175,10 @@ class AiohttpClient:
     ) -> tuple[int, bytes]:
         try:
             async with self._session.get(url, timeout=client_timeout, allow_redirects=False) as response:
-                return response.status, await response.read()
+                length = response.content_length
+                if length is not None and length <= MAX_RESPONSE_BYTES and "Content-Encoding" not in response.headers:
+                    return response.status, await response.read()  # the usual case: small, declared, plain
+                return response.status, await _read_limited(variant, response.content.iter_any(), length)
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors
             raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -218,8 +227,14 @@ class HttpxClient:
         self, variant: str, url: str, client_timeout: httpx.Timeout, timeouts: Timeouts
     ) -> tuple[int, bytes]:
         try:
-            response = await self._client.get(url, timeout=client_timeout)
-        except httpx.TimeoutException as exc:
+            async with (
+                asyncio.timeout(_total_seconds(timeouts)),  # httpx's timeouts are per phase: bound the whole
+                self._client.stream("GET", url, timeout=client_timeout) as response,
+            ):
+                length = response.headers.get("Content-Length")
+                declared = int(length) if length is not None and length.isdigit() else None
+                return response.status_code, await _read_limited(variant, response.aiter_bytes(), declared)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
         except httpx.ConnectError as exc:
             raise BackendUnavailableError(variant, f"cannot connect to the backend ({exc})") from exc
@@ -227,7 +242,6 @@ class HttpxClient:
             raise BackendUnavailableError(variant, f"connection to the backend failed ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise BadBackendResponseError(variant, f"broken response from the backend ({type(exc).__name__})") from exc
-        return response.status_code, response.content
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -248,10 +262,34 @@ def _probe_timeouts(timeouts: Timeouts) -> Timeouts:
     )
 
 
+async def _read_limited(variant: str, chunks: AsyncIterator[bytes], declared: int | None) -> bytes:
+    """The body from `chunks`, refused (BadBackendResponseError) once it exceeds MAX_RESPONSE_BYTES."""
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        raise BadBackendResponseError(variant, f"backend answer larger than {MAX_RESPONSE_BYTES} bytes ({declared})")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise BadBackendResponseError(variant, f"backend answer larger than {MAX_RESPONSE_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _total_seconds(timeouts: Timeouts) -> float:
+    """The most one backend request may take: each phase's limit may be used once, no more."""
+    return timeouts.pool + timeouts.connect + timeouts.read
+
+
 def _aiohttp_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     # aiohttp's `connect` covers waiting for a pooled connection plus connecting; `sock_connect` only the latter.
+    # `total` stops a backend that drips bytes slower than it takes to reach the end but never long enough
+    # for `sock_read` to fire.
     return aiohttp.ClientTimeout(
-        total=None, connect=timeouts.pool + timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
+        total=_total_seconds(timeouts),
+        connect=timeouts.pool + timeouts.connect,
+        sock_connect=timeouts.connect,
+        sock_read=timeouts.read,
     )
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import statistics
 import time
+import zlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import Response, StreamingResponse
 
 from abtest.processes import CLEAN_EXIT_CODES
 from tests.reliability.conftest import SALT, USERS, WEIGHTS, RouterFactory, experiment, urls_of
@@ -17,6 +24,7 @@ from tests.reliability.observe import assigned, rows
 from tests.reliability.services import Service, store_path
 from tests.router.conftest import wait_until
 from tests.support.fake_model import FakeModelControl, serve_fake_model
+from tests.support.servers import serve
 
 #: connect + pool + read from `experiment()`: the longest a request to a failing backend may take.
 TIMEOUT_BUDGET = 0.5 + 0.5 + 1.0
@@ -173,3 +181,95 @@ def test_hung_or_slow_backend_fails_with_504_after_the_timeout_and_the_other_var
     by_id = {r[0]: r[1:] for r in stored}
     assert all(by_id[rid] == ("model_a", 200, None) for rid in ids_before + ids_during)
     assert all(by_id[rid] == ("model_b", 504, "timeout") for rid in tally.request_ids())
+
+
+RUNAWAY_MODES = ("flood", "bomb", "drip")
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip body that inflates to `size` bytes of JSON (mostly whitespace) from about size/1000 on the wire."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * 1_048_576
+    parts = [packer.compress(b'{"items": [1')]
+    parts += [packer.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, packer.compress(b"]}"), packer.flush()])
+
+
+def create_runaway_backend() -> FastAPI:
+    """A 'model server' whose answers never end well; the user id's prefix picks how.
+
+    flood: an endless body, as fast as the socket takes it; bomb: 64 MiB once gunzipped, 64 KiB sent;
+    drip: a byte pair every 0.2 s forever, so no single read ever waits as long as the read timeout.
+    """
+    app = FastAPI()
+    bomb = gzip_bomb(64 * 1_048_576)
+
+    async def flood() -> AsyncIterator[bytes]:
+        yield b'{"items": [1'
+        while True:
+            yield b",1" * 65_536
+            await asyncio.sleep(0)  # let the server notice the router hanging up (else this loop hogs it)
+
+    async def drip() -> AsyncIterator[bytes]:
+        yield b'{"items": [1'
+        while True:
+            await asyncio.sleep(0.2)  # the fault being simulated
+            yield b",1"
+
+    @app.get("/recommend/{user_id}")
+    async def recommend(user_id: str) -> Response:
+        if user_id.startswith("bomb"):
+            return Response(bomb, media_type="application/json", headers={"Content-Encoding": "gzip"})
+        return StreamingResponse(flood() if user_id.startswith("flood") else drip(), media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": "runaway", "version": "0"}
+
+    return app
+
+
+@pytest.mark.parametrize("backend_client", ["aiohttp", "httpx"])
+def test_backend_answer_that_never_ends_or_explodes_is_cut_off_and_the_router_survives(
+    models: dict[str, Service], start_router: RouterFactory, backend_client: str
+) -> None:
+    users = {
+        mode: next(
+            f"{mode}-{i}" for i in range(1000) if assigned([f"{mode}-{i}"], SALT, WEIGHTS)[f"{mode}-{i}"] == "model_b"
+        )
+        for mode in RUNAWAY_MODES
+    }
+    with serve(create_runaway_backend()) as runaway_url:
+        urls = {"model_a": models["model_a"].url, "model_b": runaway_url}
+        router = start_router(experiment(urls, backend_client=backend_client))
+        process = psutil.Process(router.pid)
+        rss_before = process.memory_info().rss
+
+        def timed(user: str) -> tuple[int, float, str]:
+            started = time.monotonic()
+            response = httpx.get(f"{router.url}/recommend/{user}", timeout=30)
+            return response.status_code, time.monotonic() - started, response.text
+
+        with ThreadPoolExecutor(len(RUNAWAY_MODES)) as pool:
+            answers = dict(zip(RUNAWAY_MODES, pool.map(timed, users.values()), strict=True))
+        rss_after = process.memory_info().rss
+        assert httpx.get(f"{router.url}/recommend/{USERS_A[0]}").status_code == 200  # still serving
+        assert router.stop() in CLEAN_EXIT_CODES
+    print(
+        f"\n{backend_client}: { ({m: (a[0], round(a[1], 2)) for m, a in answers.items()}) }, "
+        f"router RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MB"
+    )
+    for mode, (status, seconds, text) in answers.items():
+        assert seconds < TIMEOUT_BUDGET + SLACK, f"{mode}: answered after {seconds:.2f}s"
+        assert status == (504 if mode == "drip" else 502), (mode, text)
+    assert "larger than" in answers["flood"][2] and "larger than" in answers["bomb"][2]
+    assert rss_after - rss_before < 64 * 2**20, "the router buffered a runaway answer"
+    stored = rows(store_path(router), "SELECT user_id, status, error FROM exposures ORDER BY user_id")
+    assert stored == sorted(
+        [
+            (users["bomb"], 502, "bad_response"),
+            (users["drip"], 504, "timeout"),
+            (users["flood"], 502, "bad_response"),
+            (USERS_A[0], 200, None),
+        ]
+    )
