@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,13 +163,26 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     report_lock = asyncio.Lock()  # one report at a time: it is CPU work, and matplotlib's rc settings are global
+    report_cache: dict[tuple[int | None, int, str], tuple[float, bytes, str]] = {}
 
     async def report_response(phase: int | None, form: str) -> Response:
-        """The report over everything acknowledged so far: queued events are written first."""
+        """The report over everything acknowledged so far: queued events are written first.
+
+        Building costs seconds of CPU on a big store, so a built report is reused for REPORT_MAX_AGE
+        seconds (per phase and form, and never across a phase change): a page reloaded in a loop cannot
+        take the router's CPU from /recommend. Errors (no data yet) are never cached.
+        """
+        key = (phase, service.live.phase, form)
         async with report_lock:
-            await service.store.aflush(5.0)
-            status, body, media_type = await asyncio.to_thread(_render_report, service.store.path, phase, form)
-        return Response(body, status_code=status, media_type=media_type)
+            cached = report_cache.get(key)
+            if cached is None or time.monotonic() - cached[0] > REPORT_MAX_AGE:
+                await service.store.aflush(5.0)
+                status, body, media_type = await asyncio.to_thread(_render_report, service.store.path, phase, form)
+                if status != 200:
+                    return Response(body, status_code=status, media_type=media_type)
+                cached = report_cache[key] = (time.monotonic(), body, media_type)
+        headers = {"Cache-Control": f"max-age={REPORT_MAX_AGE:.0f}"}
+        return Response(cached[1], media_type=cached[2], headers=headers)
 
     @app.get("/results", summary="The A/B results of a phase (latest by default) as JSON")
     async def results(phase: Phase = None) -> Response:
@@ -192,6 +206,10 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
         )
 
     return app
+
+
+#: Seconds a built report is served again before it is rebuilt.
+REPORT_MAX_AGE = 5.0
 
 
 def _render_report(store_path: Path, phase: int | None, form: str) -> tuple[int, bytes, str]:

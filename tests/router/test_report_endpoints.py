@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pytest
+
 from tests.router.conftest import AB, Backend, experiment, running_router, settings_for, users_of
 
 
@@ -47,3 +50,23 @@ def test_results_for_a_phase_that_does_not_exist_is_a_clear_404(tmp_path: Path, 
     assert missing_phase.status_code == 404
     assert "7" in missing_phase.json()["detail"]
     assert bad_phase.status_code == 422
+
+
+def test_report_is_reused_for_a_few_seconds_so_reloading_it_cannot_starve_recommend(
+    tmp_path: Path, backends: dict[str, Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(tmp_path, experiment(backends))
+    with running_router(settings) as router:
+        router.client.get("/recommend/user-1")
+        first = router.client.get("/results")
+        router.client.get("/recommend/user-2")
+        reused = router.client.get("/results")
+        monkeypatch.setattr("router.app.REPORT_MAX_AGE", 0.0)
+        rebuilt = router.client.get("/results")
+
+    def exposures(response: httpx.Response) -> int:
+        return sum(row["exposures"] for row in response.json()["variants"])
+
+    assert first.headers["cache-control"] == "max-age=5"
+    assert exposures(first) == exposures(reused) == 1
+    assert exposures(rebuilt) == 2
