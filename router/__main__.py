@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=settings.log_level,
             timeout_graceful_shutdown=10,
             timeout_keep_alive=15,
+            proxy_headers=False,  # the router never uses the client's address: don't parse X-Forwarded-For
         )
     )
     server.run()
