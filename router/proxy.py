@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -77,6 +77,9 @@ class BadBackendResponseError(BackendError):
     kind = "bad_response"
 
 
+NativeTimeout = TypeVar("NativeTimeout")
+
+
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     """A backend's answer: its JSON body as received (passed through, not re-encoded) and the items in it."""
@@ -112,15 +115,7 @@ def recommend_url(base_url: str, user_id: str, k: int) -> str:
 
 def parse_recommendation(variant: str, status: int, body: bytes) -> Recommendation:
     """Check a /recommend answer against the model contract; raise BadBackendResponseError/BackendUnavailableError."""
-    if status != 200:
-        raise _status_error(variant, status)
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadBackendResponseError(variant, "backend answered with invalid JSON") from exc
-    if not isinstance(parsed, dict):
-        raise BadBackendResponseError(variant, "backend answered with JSON that is not an object")
-    items = parsed.get("items")
+    items = parse_object(variant, status, body).get("items")
     if not isinstance(items, list) or not all(type(item) is int for item in items):
         raise BadBackendResponseError(variant, "backend answer has no 'items' list of integer ids")
     return Recommendation(body=body, items=items)
@@ -145,36 +140,59 @@ def _status_error(variant: str, status: int) -> BackendError:
     return BadBackendResponseError(variant, f"backend answered HTTP {status}")
 
 
-class AiohttpClient:
+class _PooledClient(Generic[NativeTimeout]):
+    """What both clients share: the timeouts in force, the two requests, and checking the answers.
+
+    A subclass says how its library spells a timeout (`_native_timeout`) and how it GETs a URL (`_get`).
+    """
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.configure(timeouts)
+
+    def configure(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._probe_timeouts = _probe_timeouts(timeouts)
+        self._timeout = self._native_timeout(timeouts)
+        self._probe_timeout = self._native_timeout(self._probe_timeouts)
+
+    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
+        url = recommend_url(variant.base_url, user_id, k)
+        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
+        return parse_recommendation(variant.name, status, body)
+
+    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
+        url = variant.base_url + path
+        status, body = await self._get(variant.name, url, self._probe_timeout, self._probe_timeouts)
+        return parse_object(variant.name, status, body)
+
+    def _native_timeout(self, timeouts: Timeouts) -> NativeTimeout:
+        raise NotImplementedError
+
+    async def _get(
+        self, variant: str, url: str, library_timeout: NativeTimeout, timeouts: Timeouts
+    ) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+
+class AiohttpClient(_PooledClient[aiohttp.ClientTimeout]):
     """BackendClient over one `aiohttp.ClientSession` (create it inside a running event loop)."""
 
     def __init__(self, timeouts: Timeouts, *, max_connections: int = MAX_CONNECTIONS) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=max_connections, ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
-        self._timeouts = timeouts
-        self._timeout = _aiohttp_timeout(timeouts)
-        self._probe_timeout = _aiohttp_timeout(_probe_timeouts(timeouts))
+        super().__init__(timeouts)
 
-    def configure(self, timeouts: Timeouts) -> None:
-        self._timeouts = timeouts
-        self._timeout = _aiohttp_timeout(timeouts)
-        self._probe_timeout = _aiohttp_timeout(_probe_timeouts(timeouts))
-
-    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
-        url = URL(recommend_url(variant.base_url, user_id, k), encoded=True)
-        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
-        return parse_recommendation(variant.name, status, body)
-
-    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
-        url = URL(variant.base_url + path, encoded=True)
-        status, body = await self._get(variant.name, url, self._probe_timeout, _probe_timeouts(self._timeouts))
-        return parse_object(variant.name, status, body)
+    def _native_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        return _aiohttp_timeout(timeouts)
 
     async def _get(
-        self, variant: str, url: URL, client_timeout: aiohttp.ClientTimeout, timeouts: Timeouts
+        self, variant: str, url: str, library_timeout: aiohttp.ClientTimeout, timeouts: Timeouts
     ) -> tuple[int, bytes]:
         try:
-            async with self._session.get(url, timeout=client_timeout, allow_redirects=False) as response:
+            # encoded=True: the URL is already quoted (recommend_url); yarl must not re-quote or normalise it
+            async with self._session.get(
+                URL(url, encoded=True), timeout=library_timeout, allow_redirects=False
+            ) as response:
                 length = response.content_length
                 if length is not None and length <= MAX_RESPONSE_BYTES and "Content-Encoding" not in response.headers:
                     return response.status, await response.read()  # the usual case: small, declared, plain
@@ -194,7 +212,7 @@ class AiohttpClient:
         await self._session.close()
 
 
-class HttpxClient:
+class HttpxClient(_PooledClient[httpx.Timeout]):
     """BackendClient over one `httpx.AsyncClient`."""
 
     def __init__(self, timeouts: Timeouts, *, max_connections: int = MAX_CONNECTIONS) -> None:
@@ -204,32 +222,18 @@ class HttpxClient:
             follow_redirects=False,
             trust_env=False,
         )
-        self._timeouts = timeouts
-        self._timeout = _httpx_timeout(timeouts)
-        self._probe_timeout = _httpx_timeout(_probe_timeouts(timeouts))
+        super().__init__(timeouts)
 
-    def configure(self, timeouts: Timeouts) -> None:
-        self._timeouts = timeouts
-        self._timeout = _httpx_timeout(timeouts)
-        self._probe_timeout = _httpx_timeout(_probe_timeouts(timeouts))
-
-    async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
-        url = recommend_url(variant.base_url, user_id, k)
-        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
-        return parse_recommendation(variant.name, status, body)
-
-    async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
-        url = variant.base_url + path
-        status, body = await self._get(variant.name, url, self._probe_timeout, _probe_timeouts(self._timeouts))
-        return parse_object(variant.name, status, body)
+    def _native_timeout(self, timeouts: Timeouts) -> httpx.Timeout:
+        return _httpx_timeout(timeouts)
 
     async def _get(
-        self, variant: str, url: str, client_timeout: httpx.Timeout, timeouts: Timeouts
+        self, variant: str, url: str, library_timeout: httpx.Timeout, timeouts: Timeouts
     ) -> tuple[int, bytes]:
         try:
             async with (
                 asyncio.timeout(_total_seconds(timeouts)),  # httpx's timeouts are per phase: bound the whole
-                self._client.stream("GET", url, timeout=client_timeout) as response,
+                self._client.stream("GET", url, timeout=library_timeout) as response,
             ):
                 length = response.headers.get("Content-Length")
                 declared = int(length) if length is not None and length.isdigit() else None
