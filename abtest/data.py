@@ -229,7 +229,9 @@ def generate_synthetic(spec: SyntheticSpec = SyntheticSpec()) -> Dataset:
     users: list[NDArray[np.int64]] = []
     items: list[NDArray[np.int64]] = []
     for user, count in enumerate(counts):
-        chosen = np.argpartition(-keys[user], count)[:count]
+        # argpartition's order is implementation-defined (numpy's SIMD paths differ by CPU): sort the chosen
+        # set before shuffling it, so every machine draws the same order.
+        chosen = np.sort(np.argpartition(-keys[user], count)[:count])
         users.append(np.full(count, user, dtype=np.int64))
         items.append(rng.permutation(chosen))  # the order in which the user rated them
     user_index = np.concatenate(users)
