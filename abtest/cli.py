@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from abtest.data import DataError
 from abtest.processes import ServiceError
-from abtest.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir
+from recsys.data import DataError
+from recsys.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir, trainer
 
 
 def _results_dir() -> Path:
@@ -39,7 +39,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from abtest.training import train_and_save
+    from recsys.training import train_and_save
 
     unknown = sorted(set(args.models) - set(MODEL_NAMES))
     if unknown:
@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return 2
     for name in args.models or MODEL_NAMES:
-        model = train_and_save(name, args.models_dir, data_spec=args.data, seed=args.seed)
+        model = train_and_save(trainer(name), args.models_dir, data_spec=args.data, seed=args.seed)
         meta = model.metadata
         print(f"{name}: {meta['algorithm']} on {meta['dataset']['spec']} in {meta['training_seconds']}s")
         print(

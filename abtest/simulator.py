@@ -1,6 +1,6 @@
 """The traffic simulator: simulated users ask the router for recommendations and click what they truly like.
 
-Whether a user clicks comes from the data set's ground truth (`abtest.clicks.ClickModel` over true
+Whether a user clicks comes from the data set's ground truth (`recsys.clicks.ClickModel` over true
 affinity), never from the models, so the better model really earns more clicks. Each request's
 randomness is seeded by (seed, request number), so under the hash strategy a run is reproducible
 whatever the concurrency.
@@ -26,8 +26,8 @@ from httpx_aiohttp import AiohttpTransport
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from abtest.clicks import ClickModel
-from abtest.data import Dataset, GroundTruth, load_dataset
+from recsys.clicks import ClickModel
+from recsys.data import Dataset, GroundTruth, load_dataset
 
 
 @dataclass(frozen=True)

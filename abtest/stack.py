@@ -19,9 +19,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from abtest.data import canonical_spec
 from abtest.processes import ServiceError, python_module, start_service, stop_service, wait_healthy
-from abtest.training import MODEL_NAMES, is_trained, train_and_save
+from recsys.data import canonical_spec
+from recsys.training import MODEL_NAMES, is_trained, train_and_save, trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "router" / "experiment.yaml"
 _COLOURS = {"model_a": "\033[36m", "model_b": "\033[35m", "router": "\033[33m"}
@@ -115,7 +115,7 @@ def start_stack(config: StackConfig, out: IO[str] = sys.stdout) -> RunningStack:
     spec = canonical_spec(config.data_spec)
     for name in MODEL_NAMES:
         if not is_trained(name, config.models_dir, spec):
-            train_and_save(name, config.models_dir, data_spec=spec)
+            train_and_save(trainer(name), config.models_dir, data_spec=spec)
     env = _service_env(config)
     stack = RunningStack()
     try:

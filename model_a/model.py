@@ -14,8 +14,8 @@ import numpy as np
 import sklearn
 from sklearn.decomposition import TruncatedSVD
 
-from abtest.data import Dataset, Split, interaction_matrix
-from abtest.recommender import FactorModel
+from recsys.data import Dataset, Split, interaction_matrix
+from recsys.recommender import FactorModel
 
 NAME = "model_a"
 ALGORITHM = "PureSVD (sklearn.decomposition.TruncatedSVD)"

@@ -1,6 +1,7 @@
 """`python -m model_b --port N`: serve model_b (what its container runs)."""
 
-from abtest.model_server import run
+from model_b import model
+from recsys.server import run
 
 if __name__ == "__main__":
-    run("model_b")
+    run(model)

@@ -16,8 +16,8 @@ import pandas as pd
 import surprise
 from scipy import sparse
 
-from abtest.data import Dataset, Split, interaction_matrix
-from abtest.recommender import FactorModel
+from recsys.data import Dataset, Split, interaction_matrix
+from recsys.recommender import FactorModel
 
 NAME = "model_b"
 ALGORITHM = "SVD with sampled missing-as-zero ratings (surprise.SVD)"

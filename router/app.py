@@ -28,7 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from abtest.ids import MAX_K, TopK, UserId
+from recsys.contract import MAX_K
+from recsys.params import TopK, UserId
 from router.config import ConfigError, ConfigFileError, RouterSettings
 from router.events import StoreError, StoreOverloadedError
 from router.fastpath import RecommendFastPath, backend_error_response

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from abtest.ids import MAX_K, USER_ID_PATTERN
+from recsys.contract import MAX_K, USER_ID_PATTERN
 from router.proxy import BackendError
 from router.service import RequestRefusedError, RouterService
 

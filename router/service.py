@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from abtest.ids import USER_ID_PATTERN
+from recsys.contract import USER_ID_PATTERN
 from router.config import (
     ConfigError,
     ExperimentConfig,

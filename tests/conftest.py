@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from abtest.training import MODEL_NAMES, train_and_save
+from recsys.training import MODEL_NAMES, train_and_save, trainer
 
 
 @pytest.fixture(scope="session")
@@ -14,5 +14,5 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both models trained on the default synthetic data set (about 2 s), in a session-wide folder."""
     directory = tmp_path_factory.mktemp("models")
     for name in MODEL_NAMES:
-        train_and_save(name, directory, data_spec="synthetic", progress=False)
+        train_and_save(trainer(name), directory, data_spec="synthetic", progress=False)
     return directory

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtest.clicks import ClickModel
-from abtest.data import load_dataset
 from abtest.simulator import SimulationConfig, run_simulation
+from recsys.clicks import ClickModel
+from recsys.data import load_dataset
 from tests.router.conftest import RunningRouter, running_router, settings_for
 from tests.support.fake_model import FakeModelControl, serve_fake_model
 

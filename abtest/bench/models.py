@@ -17,8 +17,8 @@ import numpy as np
 
 from abtest.bench.load import run_load
 from abtest.processes import free_port, python_module, start_service, stop_service, wait_healthy
-from abtest.recommender import FactorModel
-from abtest.training import MODEL_NAMES, train_and_save
+from recsys.recommender import FactorModel
+from recsys.training import MODEL_NAMES, train_and_save, trainer
 
 
 def _memory_kib(pid: int) -> dict[str, int]:
@@ -45,7 +45,7 @@ def _in_process_latency(model: FactorModel, calls: int = 5000) -> dict[str, floa
 def bench_model(name: str, models_dir: Path, seconds: float) -> dict[str, Any]:
     """Every figure for one model server, measured on the default synthetic data set."""
     started = time.perf_counter()
-    model = train_and_save(name, models_dir, data_spec="synthetic", progress=False)
+    model = train_and_save(trainer(name), models_dir, data_spec="synthetic", progress=False)
     train_wall = time.perf_counter() - started
     in_process = _in_process_latency(model)
 

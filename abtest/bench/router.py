@@ -28,7 +28,7 @@ import yaml
 
 from abtest.bench.load import LoadResult, run_load
 from abtest.processes import free_port, python_module, start_service, stop_service, wait_healthy
-from abtest.training import MODEL_NAMES, train_and_save
+from recsys.training import MODEL_NAMES, train_and_save, trainer
 
 NGINX_CONF = """
 worker_processes 1;
@@ -77,7 +77,7 @@ def _services(folder: Path) -> Iterator[tuple[dict[str, Target], subprocess.Pope
     """Model servers, router and (if installed) nginx, all healthy; yields the targets and the router process."""
     models_dir = folder / "models"
     for name in MODEL_NAMES:
-        train_and_save(name, models_dir, data_spec="synthetic", progress=False)
+        train_and_save(trainer(name), models_dir, data_spec="synthetic", progress=False)
     ports = {name: free_port() for name in MODEL_NAMES}
     with ExitStack() as stack:
         for name in MODEL_NAMES:

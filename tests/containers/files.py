@@ -13,7 +13,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILES = {name: ROOT / name / "Dockerfile" for name in ("model_a", "model_b", "router")}
+#: The image recipes: one for every model server (the build argument MODEL names the package), one for the router.
+DOCKERFILES = {"model": ROOT / "recsys" / "Dockerfile", "router": ROOT / "router" / "Dockerfile"}
+#: Which recipe each compose service builds.
+SERVICE_DOCKERFILES = {
+    "model_a": DOCKERFILES["model"],
+    "model_b": DOCKERFILES["model"],
+    "router": DOCKERFILES["router"],
+}
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,16 @@ def instructions(path: Path) -> tuple[Instruction, ...]:
 
 
 def stages(path: Path) -> list[list[Instruction]]:
-    """The build stages of a Dockerfile, each starting with its FROM; the last one is the image."""
+    """The build stages of a Dockerfile, each starting with its FROM; the last one is the image.
+
+    Instructions before the first FROM (global build arguments) belong to no stage.
+    """
     result: list[list[Instruction]] = []
     for instruction in instructions(path):
         if instruction.keyword == "FROM":
             result.append([])
-        result[-1].append(instruction)
+        if result:
+            result[-1].append(instruction)
     return result
 
 

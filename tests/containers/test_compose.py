@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.containers.files import DOCKERFILES, ROOT, compose, instructions, service
+from tests.containers.files import DOCKERFILES, ROOT, SERVICE_DOCKERFILES, compose, instructions, service
 
 SERVERS = ("model_a", "model_b", "router")
 MODELS = ("model_a", "model_b")
@@ -37,7 +37,7 @@ def bind_mounts(name: str) -> dict[str, str]:
 def image_env(name: str) -> dict[str, str]:
     """The ENV values a service's Dockerfile sets (`KEY=value` pairs)."""
     env = {}
-    for instruction in instructions(DOCKERFILES[name]):
+    for instruction in instructions(SERVICE_DOCKERFILES[name]):
         if instruction.keyword == "ENV":
             env.update(re.findall(r"(\w+)=(\S+)", instruction.arguments))
     return env
@@ -56,7 +56,9 @@ def test_compose_has_the_three_services_and_a_demo_simulator() -> None:
     for name in SERVERS:
         build = services[name]["build"]
         assert build["context"] == "."
-        assert (ROOT / build["dockerfile"]) == DOCKERFILES[name]
+        assert (ROOT / build["dockerfile"]) == SERVICE_DOCKERFILES[name]
+    for name in MODELS:
+        assert services[name]["build"]["args"] == {"MODEL": name}, "the model image is built for its own package"
 
 
 def test_only_the_router_publishes_a_port() -> None:

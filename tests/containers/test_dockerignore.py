@@ -89,6 +89,7 @@ def test_build_context_leaves_out(path: str) -> None:
         "abtest/cli.py",
         "model_a/model.py",
         "model_b/model.py",
+        "recsys/server.py",
         "router/app.py",
         "router/experiment.yaml",
         "router/report/render.py",
@@ -104,7 +105,7 @@ def test_everything_a_dockerfile_copies_is_in_the_context(name: str) -> None:
         if instruction.keyword != "COPY" or instruction.arguments.startswith("--from="):
             continue
         *sources, _ = instruction.arguments.split()
-        for source in sources:
+        for source in (s.replace("${MODEL}", model) for s in sources for model in ("model_a", "model_b")):
             path = ROOT / source
             assert path.exists(), f"{name}/Dockerfile copies {source}, which does not exist"
             files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]

@@ -19,12 +19,12 @@ from packaging.utils import canonicalize_name
 
 from tests.containers.files import ROOT
 
-OWN_PACKAGES = {"abtest", "model_a", "model_b", "router"}
+OWN_PACKAGES = {"abtest", "recsys", "model_a", "model_b", "router"}
 
 #: What each image runs, as the modules to import, and the extra its Dockerfile installs.
 IMAGES = {
-    "model_a": ("model-a", ["model_a.__main__", "model_a.model", "abtest.model_server", "abtest.cli"]),
-    "model_b": ("model-b", ["model_b.__main__", "model_b.model", "abtest.model_server", "abtest.cli"]),
+    "model_a": ("model-a", ["model_a.__main__", "model_a.model", "recsys.server", "abtest.cli"]),
+    "model_b": ("model-b", ["model_b.__main__", "model_b.model", "recsys.server", "abtest.cli"]),
     "router": ("router", ["router.__main__", "router.app", "abtest.cli", "abtest.simulator", "router.report"]),
 }
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtest.data import (
+from recsys.data import (
     DataError,
     LatentTruth,
     canonical_spec,

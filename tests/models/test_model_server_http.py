@@ -17,7 +17,7 @@ from abtest.processes import (
     stop_service,
     wait_healthy,
 )
-from abtest.training import MODEL_NAMES
+from recsys.training import MODEL_NAMES
 
 
 @pytest.fixture(scope="module", params=MODEL_NAMES)

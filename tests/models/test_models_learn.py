@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from abtest.data import holdout_split, load_dataset
-from abtest.evaluation import evaluate, popularity_scorer, random_scorer
-from abtest.recommender import ArtefactError, FactorModel, top_k
-from abtest.training import MODEL_NAMES, trainer
+from recsys.data import holdout_split, load_dataset
+from recsys.evaluation import evaluate, popularity_scorer, random_scorer
+from recsys.recommender import ArtefactError, FactorModel, top_k
+from recsys.training import MODEL_NAMES, trainer
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

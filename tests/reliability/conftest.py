@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from abtest.processes import free_port
-from abtest.training import MODEL_NAMES
+from recsys.training import MODEL_NAMES
 from tests.reliability.observe import count, store_counters
 from tests.reliability.recorders import Canary, Received, Recorder
 from tests.reliability.services import Service, router_service, store_path

@@ -246,7 +246,7 @@ def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
-@pytest.mark.parametrize("service", ["model_a", "model_b", "router"])
+@pytest.mark.parametrize("service", ["recsys", "router"])  # recsys/Dockerfile: both model servers
 def test_container_image_runs_as_a_non_root_user(service: str) -> None:
     stage = final_stage(REPO / service / "Dockerfile")
     users = [i for i, (keyword, _) in enumerate(stage) if keyword == "USER"]

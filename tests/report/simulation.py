@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import expit
 
-from abtest.clicks import ClickModel
+from recsys.clicks import ClickModel
 
 ITEMS_PER_LIST = 10
 MEAN_REQUESTS = 4.0

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportions_ztest
 
-from abtest.clicks import ClickModel
+from recsys.clicks import ClickModel
 from router.report import stats
 from router.report.stats import UnitCounts
 from tests.report.simulation import Batch, click_probabilities, simulate

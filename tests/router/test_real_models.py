@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from abtest.processes import free_port, python_module, start_service, stop_service, wait_healthy
-from abtest.training import MODEL_NAMES
+from recsys.training import MODEL_NAMES
 from tests.router.conftest import AB, running_router, settings_for, users_of, wait_until
 
 

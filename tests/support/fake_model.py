@@ -23,7 +23,7 @@ import orjson
 from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 
-from abtest.ids import MAX_K, USER_ID_PATTERN
+from recsys.contract import MAX_K, USER_ID_PATTERN
 from tests.support.servers import serve
 
 N_ITEMS = 1682  # MovieLens 100k's item count

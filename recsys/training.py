@@ -1,35 +1,42 @@
-"""Train a model by name, measure it on the holdout, and write its artefact with metadata.
+"""Train a model, measure it on the holdout, and write its artefact with metadata.
 
-    >>> train_and_save("model_a", Path("models"))  # doctest: +SKIP
+    >>> from model_a import model                                   # doctest: +SKIP
+    >>> train_and_save(model, Path("models"))                       # doctest: +SKIP
 
-Each model package (`model_a`, `model_b`) has a `model` module with NAME, ALGORITHM, LIBRARY, PARAMS,
-PREDICTS_RATINGS and `train(data, split, seed=...) -> FactorModel`; this module does the rest once.
+Each model package (`model_a`, `model_b`) has a `model` module that is a `Trainer` (NAME, ALGORITHM, LIBRARY,
+PARAMS, PREDICTS_RATINGS and `train(data, split, seed=...) -> FactorModel`); this module does the rest once.
+It never imports a model package itself: callers pass the trainer, and `trainer(name)` finds one through
+the `ab_router.models` entry points that pyproject.toml declares, so this library stays below the model
+packages (and a third model registers itself the same way).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import time
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol, cast
 
 from tqdm import tqdm
 
-from abtest.data import Dataset, Split, canonical_spec, default_spec, holdout_split, load_dataset
-from abtest.evaluation import evaluate
-from abtest.recommender import ArtefactError, FactorModel
+from recsys.data import Dataset, Split, canonical_spec, default_spec, holdout_split, load_dataset
+from recsys.evaluation import evaluate
+from recsys.recommender import ArtefactError, FactorModel
 
+#: The product's two model packages (more can register under the entry-point group).
 MODEL_NAMES = ("model_a", "model_b")
+ENTRY_POINT_GROUP = "ab_router.models"
 DEFAULT_SEED = 42
 log = logging.getLogger(__name__)
 
 
 class Trainer(Protocol):
+    """What a model package's `model` module provides (see the module docstring)."""
+
     NAME: str
     ALGORITHM: str
     LIBRARY: str
@@ -40,11 +47,12 @@ class Trainer(Protocol):
 
 
 def trainer(name: str) -> Trainer:
-    """The training module of a model package, by name ('model_a' or 'model_b')."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
-    module: ModuleType = importlib.import_module(f"{name}.model")
-    return cast(Trainer, module)
+    """The training module of the model package registered as `name` (imported now: it brings its library)."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        known = sorted(point.name for point in entry_points(group=ENTRY_POINT_GROUP))
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(known) or 'none installed'}")
+    return cast(Trainer, next(iter(found)).load())
 
 
 def default_models_dir() -> Path:
@@ -53,15 +61,15 @@ def default_models_dir() -> Path:
 
 
 def train_and_save(
-    name: str,
+    model_trainer: Trainer,
     models_dir: Path,
     *,
     data_spec: str | None = None,
     seed: int = DEFAULT_SEED,
     progress: bool = True,
 ) -> FactorModel:
-    """Load data, split, fit, evaluate offline, save `models_dir/name.{npz,json}`; returns the model."""
-    model_trainer = trainer(name)
+    """Load data, split, fit, evaluate offline, save `models_dir/NAME.{npz,json}`; returns the model."""
+    name = model_trainer.NAME
     steps = tqdm(total=4, desc=f"train {name}", unit="step", disable=not progress, leave=True)
     steps.set_postfix_str("loading data")
     data = load_dataset(data_spec or default_spec())
@@ -107,17 +115,18 @@ def is_trained(name: str, models_dir: Path, spec: str) -> bool:
 
 
 def load_or_train(
-    name: str, models_dir: Path, *, data_spec: str | None = None, seed: int = DEFAULT_SEED
+    model_trainer: Trainer, models_dir: Path, *, data_spec: str | None = None, seed: int = DEFAULT_SEED
 ) -> FactorModel:
     """The saved artefact if it matches the data spec; otherwise train one now (and save it)."""
+    name = model_trainer.NAME
     spec = data_spec or default_spec()
     try:
         model = FactorModel.load(models_dir / name)
     except ArtefactError as exc:
         log.info("no usable artefact for %s (%s): training one now", name, exc)
-        return train_and_save(name, models_dir, data_spec=spec, seed=seed, progress=False)
+        return train_and_save(model_trainer, models_dir, data_spec=spec, seed=seed, progress=False)
     trained_on = model.metadata.get("dataset", {}).get("spec")
     if trained_on != canonical_spec(spec):
         log.warning("artefact %s was trained on %r, not %r: retraining", name, trained_on, spec)
-        return train_and_save(name, models_dir, data_spec=spec, seed=seed, progress=False)
+        return train_and_save(model_trainer, models_dir, data_spec=spec, seed=seed, progress=False)
     return model

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import sparse
 
-from abtest.data import Dataset, Split, interaction_matrix
-from abtest.recommender import top_k_rows
+from recsys.data import Dataset, Split, interaction_matrix
+from recsys.recommender import top_k_rows
 
 ScoreFunction = Callable[[NDArray[np.intp]], NDArray[np.floating]]
 

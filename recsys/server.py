@@ -4,7 +4,8 @@
     GET /health                   -> {"status": "ok", "model", "version"}
     GET /info                     -> the artefact's metadata (algorithm, data, offline metrics, ...)
 
-`python -m model_a --port 8001` and `python -m model_b --port 8002` both end up in `run()`.
+`python -m model_a --port 8001` and `python -m model_b --port 8002` both end up in `run(trainer)`; so does
+`python -m recsys.server --model model_a` (or `MODEL_NAME=model_a`), which is what the one model image runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +24,9 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from abtest.ids import TopK, UserId
-from abtest.recommender import FactorModel
-from abtest.training import DEFAULT_SEED, load_or_train
+from recsys.params import TopK, UserId
+from recsys.recommender import FactorModel
+from recsys.training import DEFAULT_SEED, Trainer, load_or_train, trainer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class ModelServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    name: str = Field(pattern=r"^model_[ab]$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
     models_dir: Path = Field(default=Path("models"), validation_alias="MODELS_DIR")
     data_spec: str | None = Field(default=None, validation_alias="ABTEST_DATA")
     seed: int = Field(default=DEFAULT_SEED, validation_alias="ABTEST_SEED")
@@ -55,17 +57,21 @@ class HealthResponse(BaseModel):
     version: str
 
 
-def create_app(settings: ModelServerSettings, model: FactorModel | None = None) -> FastAPI:
-    """The model server. Without `model`, loads the artefact at start-up (training one if there is none)."""
+def create_app(
+    settings: ModelServerSettings, model: FactorModel | None = None, *, trainer: Trainer | None = None
+) -> FastAPI:
+    """The model server. Without `model`, loads the artefact at start-up (training one with `trainer` if none)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if model is not None:
             app.state.model = model
         else:
+            if trainer is None:
+                raise ValueError("create_app needs a model or a trainer")
             app.state.model = await asyncio.to_thread(
                 load_or_train,
-                settings.name,
+                trainer,
                 settings.models_dir,
                 data_spec=settings.data_spec,
                 seed=settings.seed,
@@ -111,8 +117,9 @@ def create_app(settings: ModelServerSettings, model: FactorModel | None = None) 
     return app
 
 
-def run(name: str, argv: Sequence[str] | None = None) -> None:
+def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
     """Command line of `python -m model_a|model_b`: serve the model on one port with uvicorn."""
+    name = trainer.NAME
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"Serve {name} over HTTP.")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
@@ -128,7 +135,7 @@ def run(name: str, argv: Sequence[str] | None = None) -> None:
     settings = ModelServerSettings(**overrides)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, trainer=trainer),
         host=args.host,
         port=args.port,
         loop="uvloop",
@@ -137,3 +144,21 @@ def run(name: str, argv: Sequence[str] | None = None) -> None:
         log_level="info",
         timeout_graceful_shutdown=5,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m recsys.server [--model NAME] ...`: serve the model package registered as NAME ($MODEL_NAME)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model", default=os.environ.get("MODEL_NAME"))
+    known, rest = parser.parse_known_args(argv)
+    if not known.model:
+        raise SystemExit("python -m recsys.server: name the model with --model NAME or MODEL_NAME")
+    try:
+        found = trainer(known.model)
+    except ValueError as exc:
+        raise SystemExit(f"python -m recsys.server: {exc}") from exc
+    run(found, rest)
+
+
+if __name__ == "__main__":
+    main()
