@@ -84,13 +84,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from router.errors import ConfigError, ReportError, StoreError
     from router.report import NoDataError, write_reports
+    from router.store import backend_for, default_store_url, describe_url
 
+    url = os.environ.get("STORE_URL") or default_store_url(args.results_dir)
     try:
-        paths = write_reports(args.results_dir, args.phase)
+        paths = write_reports(backend_for(url), args.results_dir, args.phase)
     except NoDataError as exc:
-        print(f"abtest report: {exc}", file=sys.stderr)
+        hint = "" if args.phase is not None else "; an earlier phase may have data: --phase N"
+        print(f"abtest report: {describe_url(url)}: {exc}{hint}", file=sys.stderr)
         return 1
+    except (ConfigError, ReportError, StoreError) as exc:
+        print(f"abtest report: {describe_url(url)}: {exc}", file=sys.stderr)
+        return 2
     markdown = next(path for path in paths if path.suffix == ".md")
     if not args.quiet:
         print(markdown.read_text(encoding="utf-8"), end="")

@@ -17,7 +17,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from router.app import create_app
-from router.config import ConfigError, RouterSettings, load_config
+from router.config import RouterSettings, load_config
+from router.errors import ConfigError
 from router.logs import configure_logging
 
 log = logging.getLogger("router")

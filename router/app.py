@@ -5,8 +5,9 @@
 
 Endpoints: GET /recommend/{user_id}?k=10, POST /feedback, GET /health, GET /config, GET /metrics,
 GET /results (the A/B report as JSON), GET /report (as HTML), POST /admin/reload (bearer token).
-`app.state.service` is the RouterService (started by the lifespan; its outcome store file is
-`service.store.path`), `app.state.settings` the settings.
+`create_app` returns the fast path (router.fastpath) wrapped around the FastAPI app: `app.service` is the
+RouterService (started by the lifespan), `app.api` the FastAPI app. Errors are router.errors' tree, answered by
+router.responses in one place; route bodies parse input, call the service once and return its answer.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -27,14 +26,25 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.contract import MAX_K
 from recsys.params import TopK, UserId
-from router.config import ConfigError, ConfigFileError, RouterSettings
-from router.events import StoreError, StoreOverloadedError
-from router.fastpath import RecommendFastPath, backend_error_response
-from router.proxy import BackendError
-from router.service import FeedbackIn, RequestRefusedError, RouterService
+from router.config import RouterSettings
+from router.errors import (
+    AdminDisabledError,
+    AdminForbiddenError,
+    AdminUnauthorizedError,
+    ConfigError,
+    ReportError,
+    RequestRefusedError,
+    RouterError,
+    StoreError,
+)
+from router.fastpath import RecommendFastPath
+from router.responses import as_response, error_response, internal_error_response, recommend_response
+from router.service import FeedbackIn, RouterService
+from router.store import OutcomeStore
 
 log = logging.getLogger(__name__)
 
@@ -50,41 +60,27 @@ _FRIENDLY = {
     ("k", "int_parsing"): f"k must be an integer from 1 to {MAX_K}",
 }
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response encoded with orjson."""
     return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
 
 
-class RouterApp(FastAPI):
-    """FastAPI, with plainly valid GET /recommend served before any of FastAPI's own layers.
+def create_app(
+    settings: RouterSettings, *, handle_sighup: bool = False, rng: Any = None, store: OutcomeStore | None = None
+) -> RecommendFastPath:
+    """The router app. `handle_sighup` (main thread only) makes SIGHUP reload the config like POST /admin/reload.
 
-    Measured: FastAPI's per-request layers (error middleware, telemetry check, body limit, routing) cost
-    as much CPU as the fast path itself. Every other request goes through FastAPI as usual.
+    `store` replaces the outcome store STORE_URL names (tests pass one over a backend they control).
     """
-
-    fast_path: RecommendFastPath
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.fast_path(scope, receive, send)
-
-
-def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: Any = None) -> FastAPI:
-    """The router app. `handle_sighup` (main thread only) makes SIGHUP reload the config like POST /admin/reload."""
-    service = RouterService(settings, rng=rng)
+    service = RouterService(settings, rng=rng, store=store)
     background: set[asyncio.Task[None]] = set()
 
     async def reload_on_signal() -> None:
         try:
             result = await service.reload()
         except (ConfigError, StoreError):
-            return  # logged by the service; the old config keeps serving
+            return  # logged and counted by the service; the old config keeps serving
         log.info("SIGHUP reload applied", extra={"phase": result.phase, "new_phase": result.new_phase})
 
     @asynccontextmanager
@@ -106,7 +102,7 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
                 loop.remove_signal_handler(signal.SIGHUP)
             await service.stop()
 
-    app = RouterApp(
+    app = FastAPI(
         title="A/B router",
         description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
         lifespan=lifespan,
@@ -114,18 +110,17 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
     app.state.service = service  # inert until the lifespan starts it; routes added later can use it
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
-    app.fast_path = RecommendFastPath(partial(FastAPI.__call__, app), service)
     _add_error_handlers(app, service)
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin_token
         if token is None:
-            raise RequestRefusedError("admin endpoints are disabled: set ROUTER_ADMIN_TOKEN to enable them", 403)
+            raise AdminDisabledError("admin endpoints are disabled: set ROUTER_ADMIN_TOKEN to enable them")
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise RequestRefusedError("admin endpoints need 'Authorization: Bearer <ROUTER_ADMIN_TOKEN>'", 401)
+            raise AdminUnauthorizedError("admin endpoints need 'Authorization: Bearer <ROUTER_ADMIN_TOKEN>'")
         if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-            raise RequestRefusedError("wrong admin token", 403)
+            raise AdminForbiddenError("wrong admin token")
 
     @app.get(
         "/recommend/{user_id}",
@@ -142,12 +137,7 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
     async def recommend(request: Request, user_id: UserId, k: TopK = 10) -> Response:
         override = service.live.config.override
         forced = request.headers.get(override.header) if override.enabled else None
-        answer = await service.recommend(user_id, k, forced)
-        return Response(
-            answer.body,
-            media_type="application/json",
-            headers={"X-Variant": answer.variant, "X-Request-ID": answer.request_id},
-        )
+        return as_response(recommend_response(await service.recommend(user_id, k, forced)))
 
     @app.post("/feedback", status_code=202, summary="Report an outcome (click, watch, rating, ...) for an exposure")
     async def feedback(event: FeedbackIn) -> Response:
@@ -192,7 +182,7 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
             cached = report_cache.get(key)
             if cached is None or time.monotonic() - cached[0] > REPORT_MAX_AGE:
                 await service.store.aflush(5.0)
-                status, body, media_type = await asyncio.to_thread(_render_report, service.store.path, phase, form)
+                status, body, media_type = await asyncio.to_thread(_render_report, service.store, phase, form)
                 if status != 200:
                     return Response(body, status_code=status, media_type=media_type)
                 cached = report_cache[key] = (time.monotonic(), body, media_type)
@@ -220,14 +210,14 @@ def create_app(settings: RouterSettings, *, handle_sighup: bool = False, rng: An
             }
         )
 
-    return app
+    return RecommendFastPath(app, service)
 
 
 #: Seconds a built report is served again before it is rebuilt.
 REPORT_MAX_AGE = 5.0
 
 
-def _render_report(store_path: Path, phase: int | None, form: str) -> tuple[int, bytes, str]:
+def _render_report(store: OutcomeStore, phase: int | None, form: str) -> tuple[int, bytes, str]:
     """Build and render the report in a worker thread: (status, body, media type).
 
     The report's libraries (pandas, statsmodels, matplotlib) load here on first use, not at start-up,
@@ -236,35 +226,25 @@ def _render_report(store_path: Path, phase: int | None, form: str) -> tuple[int,
     from router import report
 
     try:
-        built = report.build_report(store_path, phase)
-    except report.ReportError as exc:
-        return exc.status_code, orjson.dumps({"detail": str(exc)}), "application/json"
+        built = report.build_report(store, phase)
+    except (ReportError, StoreError) as exc:
+        return exc.status_code, orjson.dumps(exc.body()), "application/json"
     if form == "html":
         return 200, report.render_html(built).encode(), "text/html; charset=utf-8"
     return 200, orjson.dumps(report.report_to_json(built)), "application/json"
 
 
 def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
-    """The one boundary where the core's errors become JSON answers."""
+    """The one boundary where errors become JSON answers (router.responses builds them)."""
 
-    async def backend_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BackendError)
-        status, headers, body = backend_error_response(exc)
-        return Response(body, status_code=status, headers=headers, media_type="application/json")
+    def endpoint(request: Request) -> str:
+        return request.url.path.split("/")[1] or "/"
 
-    async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestRefusedError)
-        service.metrics.rejected(request.url.path.split("/")[1] or "/", exc.status)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return json_response({"detail": exc.detail}, exc.status, headers)
-
-    async def overloaded(request: Request, exc: Exception) -> Response:
-        service.metrics.rejected(request.url.path.split("/")[1] or "/", 503)
-        return json_response({"detail": str(exc)}, 503, {"Retry-After": "1"})
-
-    async def config_error(request: Request, exc: Exception) -> Response:
-        status = 400 if isinstance(exc, ConfigFileError) else 422
-        return json_response({"detail": str(exc)}, status)
+    async def router_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RouterError)
+        if isinstance(exc, RequestRefusedError | StoreError):
+            service.metrics.rejected(endpoint(request), exc.status_code)
+        return as_response(error_response(exc))
 
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -276,18 +256,14 @@ def _add_error_handlers(app: FastAPI, service: RouterService) -> None:
             message = _FRIENDLY.get((field, error.get("type", "")), f"{'.'.join(loc[1:]) or field}: {error.get('msg')}")
             messages.append(message)
             problems.append({"loc": loc, "msg": error.get("msg"), "type": error.get("type")})
-        service.metrics.rejected(request.url.path.split("/")[1] or "/", 422)
+        service.metrics.rejected(endpoint(request), 422)
         return json_response({"detail": "; ".join(messages), "errors": problems}, 422)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-        return json_response({"detail": "internal error in the router"}, 500)
+        return as_response(internal_error_response())
 
-    app.add_exception_handler(BackendError, backend_error)
-    app.add_exception_handler(RequestRefusedError, refused)
-    app.add_exception_handler(StoreOverloadedError, overloaded)
-    app.add_exception_handler(StoreError, overloaded)
-    app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(RouterError, router_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
 

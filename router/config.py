@@ -32,6 +32,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router.errors import ConfigError, ConfigFileError
+from router.store import default_store_url
+from router.strategies import STRATEGIES, Unit
+
 #: A variant name: also a header value and a metrics label, so it is kept plain.
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 
@@ -50,14 +54,6 @@ OVERRIDABLE_FIELDS = (
     "override",
     "timeouts",
 )
-
-
-class ConfigError(ValueError):
-    """The experiment config cannot be used; the message names the field, the value and the source."""
-
-
-class ConfigFileError(ConfigError):
-    """The config file itself is the problem: missing, unreadable, not YAML, or not a mapping."""
 
 
 class Variant(BaseModel):
@@ -109,7 +105,7 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     experiment: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    strategy: Literal["random", "hash"]
+    strategy: str = Field(description="a registered strategy: " + ", ".join(STRATEGIES))
     salt: str = Field(min_length=1, max_length=256)
     variants: tuple[Variant, ...]
     override: Override = Override()
@@ -118,6 +114,13 @@ class ExperimentConfig(BaseModel):
     timeouts: Timeouts = Timeouts()
     max_body_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
     backend_client: Literal["aiohttp", "httpx"] = "aiohttp"
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered_strategy(cls, name: str) -> str:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy; choose one of {', '.join(repr(known) for known in STRATEGIES)}")
+        return name
 
     @field_validator("variants")
     @classmethod
@@ -152,6 +155,11 @@ class ExperimentConfig(BaseModel):
         """Each variant's share of traffic, in config order, summing to 1."""
         total = math.fsum(v.weight for v in self.variants)
         return tuple((v.name, v.weight / total) for v in self.variants)
+
+    @property
+    def unit(self) -> Unit:
+        """What the strategy randomises (the user or the request), and so the report's unit of analysis."""
+        return STRATEGIES[self.strategy].unit
 
     @property
     def control(self) -> str:
@@ -191,6 +199,7 @@ def phase_design(config: ExperimentConfig) -> dict[str, Any]:
     return {
         "experiment": config.experiment,
         "strategy": config.strategy,
+        "unit": config.unit,
         "salt": config.salt,
         "variants": [
             {"name": v.name, "url": v.base_url, "weight": v.weight, "share": share}
@@ -202,7 +211,8 @@ def phase_design(config: ExperimentConfig) -> dict[str, Any]:
 class RouterSettings(BaseSettings):
     """Process settings from the environment; nothing here is experiment design.
 
-    `RESULTS_DIR` (default ./results), `ROUTER_ADMIN_TOKEN` (admin endpoints are off without it),
+    `RESULTS_DIR` (default ./results), `STORE_URL` (default: sqlite:/// RESULTS_DIR/outcomes.sqlite3),
+    `ROUTER_ADMIN_TOKEN` (admin endpoints are off without it),
     `ROUTER_CONFIG` (the YAML path), `ROUTER_VARIANT_URLS` ("model_a=http://...,model_b=http://..."),
     and `ROUTER_<FIELD>` overrides of the YAML's scalar fields and `ROUTER_TIMEOUTS__READ`-style nested ones.
     """
@@ -217,6 +227,7 @@ class RouterSettings(BaseSettings):
 
     results_dir: Path = Field(default=Path("results"), validation_alias="RESULTS_DIR")
     config_path: Path = Field(default=Path("router/experiment.yaml"), validation_alias="ROUTER_CONFIG")
+    store_url: str | None = Field(default=None, validation_alias="STORE_URL")
     admin_token: SecretStr | None = None
     variant_urls: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -240,6 +251,11 @@ class RouterSettings(BaseSettings):
         if token is not None and not token.get_secret_value().strip():
             return None
         return token
+
+    @property
+    def outcome_store_url(self) -> str:
+        """STORE_URL, or the embedded default: outcomes.sqlite3 in RESULTS_DIR."""
+        return self.store_url or default_store_url(self.results_dir)
 
     def yaml_overrides(self) -> dict[str, Any]:
         """The `ROUTER_<FIELD>` values that replace the YAML's, by field name."""

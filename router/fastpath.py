@@ -1,49 +1,34 @@
-"""The hot route, GET /recommend/{user_id}?k=N, served as a raw ASGI layer in front of FastAPI's routing.
+"""The router's outermost ASGI layer: plainly valid GET /recommend/{user_id}?k=N is served here, the rest by FastAPI.
 
 FastAPI's routing, dependency solving and middleware layers cost about as much CPU per request as the
 proxying itself. This layer answers requests whose input is plainly valid (the user id matches
-`USER_ID_PATTERN`, the query is empty or `k=<1..MAX_K>`) by calling the same `RouterService.recommend`;
-everything else - invalid input, other query parameters, other routes - falls through to the FastAPI app,
-which declares the same route (for OpenAPI) and answers with the usual 422s. Behaviour is identical
-either way; only the cost differs.
+`USER_ID_PATTERN`, the query is empty or `k=<1..MAX_K>`) by calling the same `RouterService.recommend` and the
+same response builders (router.responses) as the FastAPI route; everything else - invalid input, other query
+parameters, other routes, lifespan - goes to the FastAPI app, which declares the same route (for OpenAPI) and
+answers with the usual 422s. It has its own catch-all that answers 500 in JSON exactly like the app's, so the
+answer is the same whichever layer serves it; only the cost differs.
+
+    app = RecommendFastPath(api, service)      # what create_app returns and uvicorn serves
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-import orjson
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
-from recsys.contract import MAX_K, USER_ID_PATTERN
-from router.proxy import BackendError
-from router.service import RequestRefusedError, RouterService
+from recsys.contract import DEFAULT_K, MAX_K, USER_ID_PATTERN
+from router.errors import RequestRefusedError, RouterError
+from router.responses import Triple, error_response, internal_error_response, recommend_response
+from router.service import RouterService
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 PREFIX = "/recommend/"
-DEFAULT_K = 10
 
 _USER_ID = re.compile(USER_ID_PATTERN)
-_JSON = (b"content-type", b"application/json")
-
-
-def backend_error_response(exc: BackendError) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and JSON body for a failed variant: `{"detail", "variant", "request_id"}`."""
-    headers = {"X-Variant": exc.variant}
-    if exc.request_id is not None:
-        headers["X-Request-ID"] = exc.request_id
-    body = {
-        "detail": f"variant {exc.variant} failed: {exc.detail}",
-        "variant": exc.variant,
-        "request_id": exc.request_id,
-    }
-    return exc.status, headers, orjson.dumps(body)
 
 
 def parse_recommend(scope: Scope) -> tuple[str, int] | None:
@@ -67,10 +52,13 @@ def parse_recommend(scope: Scope) -> tuple[str, int] | None:
 
 
 class RecommendFastPath:
-    """ASGI middleware: serves plainly valid GET /recommend requests through `service`, passes the rest on."""
+    """ASGI app: serves plainly valid GET /recommend requests through `service`, passes the rest to `api`.
 
-    def __init__(self, app: ASGIApp, service: RouterService) -> None:
-        self.app = app
+    `api` is the router's FastAPI app and `service` its RouterService (tests reach both through here).
+    """
+
+    def __init__(self, api: FastAPI, service: RouterService) -> None:
+        self.api = api
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,23 +67,23 @@ class RecommendFastPath:
             if parsed is not None:
                 await self._serve(scope, send, *parsed)
                 return
-        await self.app(scope, receive, send)
+        await self.api(scope, receive, send)
 
     async def _serve(self, scope: Scope, send: Send, user_id: str, k: int) -> None:
         service = self.service
-        override = service.live.config.override
-        forced = _header(scope, override.header.lower().encode("latin-1")) if override.enabled else None
+        triple: Triple
         try:
-            answer = await service.recommend(user_id, k, forced)
-        except BackendError as exc:
-            status, named, body = backend_error_response(exc)
-            headers = [_JSON, *((name.lower().encode(), value.encode()) for name, value in named.items())]
-        except RequestRefusedError as exc:
-            service.metrics.rejected("recommend", exc.status)
-            status, headers, body = exc.status, [_JSON], orjson.dumps({"detail": exc.detail})
-        else:
-            status, body = 200, answer.body
-            headers = [_JSON, (b"x-variant", answer.variant.encode()), (b"x-request-id", answer.request_id.encode())]
+            override = service.live.config.override
+            forced = _header(scope, override.header.lower().encode("latin-1")) if override.enabled else None
+            triple = recommend_response(await service.recommend(user_id, k, forced))
+        except RouterError as exc:
+            if isinstance(exc, RequestRefusedError):
+                service.metrics.rejected("recommend", exc.status_code)
+            triple = error_response(exc)
+        except Exception:  # this layer's outermost handler, like the app's: a JSON 500, details in the log only
+            log.error("unhandled error", exc_info=True, extra={"path": scope["path"]})
+            triple = internal_error_response()
+        status, headers, body = triple
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -12,14 +12,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from router.config import ExperimentConfig
-from router.events import EventStore, VariantInfo
+from router.errors import BackendError
 from router.metrics import Metrics
-from router.proxy import BackendClient, BackendError
+from router.proxy import BackendClient
+from router.store.records import VariantInfo
 
 log = logging.getLogger(__name__)
+
+
+class InfoRecorder(Protocol):
+    """Where the monitor records each backend's /info (the outcome store)."""
+
+    def record_variant_info(self, info: VariantInfo) -> bool:
+        """Queue the info; False if it could not be queued (counted as lost by the store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,7 @@ class BackendMonitor:
         self,
         client: Callable[[], BackendClient],
         current: Callable[[], tuple[ExperimentConfig, int]],
-        store: EventStore,
+        store: InfoRecorder,
         metrics: Metrics,
         *,
         interval: float,
@@ -121,7 +129,7 @@ class BackendMonitor:
         except BackendError as exc:
             log.warning("backend /info failed; will retry", extra={"variant": name, "error": exc.detail})
             return
-        if self._store.record_variant_info(VariantInfo(phase, name, info, time.time())):
+        if self._store.record_variant_info(VariantInfo(phase=phase, variant=name, info=info, fetched_at=time.time())):
             self._info_done.add((phase, name))
 
 

@@ -1,4 +1,4 @@
-"""The only module that talks HTTP to backends; it turns every failure into one of these errors:
+"""The only module that talks HTTP to backends; it turns every failure into a BackendError (router.errors):
 
     BackendError (502, kind 'bad_response')        the base: something went wrong with a variant's backend
     ├── BackendTimeoutError (504, 'timeout')            no connection or no answer within the configured timeout
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +28,7 @@ import orjson
 from yarl import URL
 
 from router.config import Timeouts, Variant
+from router.errors import BackendError, BackendTimeoutError, BackendUnavailableError, BadBackendResponseError
 
 #: Most connections the router opens to one backend (aiohttp: per backend, so a hung variant cannot take the
 #: other's connections; httpx: in total).
@@ -41,40 +42,6 @@ PROBE_TIMEOUT = 2.0
 MAX_RESPONSE_BYTES = 1_048_576
 
 InfoPath = Literal["/health", "/info"]
-
-
-class BackendError(Exception):
-    """A variant's backend failed; `status` is what the router answers, `kind` what the exposure records."""
-
-    status: ClassVar[int] = 502
-    kind: ClassVar[str] = "bad_response"
-
-    def __init__(self, variant: str, detail: str) -> None:
-        super().__init__(f"{variant}: {detail}")
-        self.variant = variant
-        self.detail = detail
-        self.request_id: str | None = None  # set by the router once the failed request has an exposure
-
-
-class BackendTimeoutError(BackendError):
-    """No connection, or no response bytes, within the configured timeout."""
-
-    status = 504
-    kind = "timeout"
-
-
-class BackendUnavailableError(BackendError):
-    """The backend cannot be reached, dropped the connection, or says it is not ready (503)."""
-
-    status = 503
-    kind = "unavailable"
-
-
-class BadBackendResponseError(BackendError):
-    """The backend answered, but not with a 200 and a JSON object holding an integer `items` list."""
-
-    status = 502
-    kind = "bad_response"
 
 
 NativeTimeout = TypeVar("NativeTimeout")

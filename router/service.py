@@ -7,14 +7,10 @@
     await service.reload()                                  # re-read the YAML; a new phase if users can move
     await service.stop()                                    # flushes the outcome store
 
-Errors the web layer turns into JSON (each with its HTTP status):
-
-    RequestRefusedError                 the request cannot be served as asked
-    ├── UnknownOverrideError (422)      the QA override header names no variant
-    └── AttributionError (404/409/422)  feedback that cannot be tied to an exposure
-    BackendError (502/503/504)     see router.proxy; carries the variant and the request id
-    StoreOverloadedError (503)          see router.events; feedback is refused until the queue drains
-    ConfigError (400/422)          see router.config; a reload that was refused
+A recommendation goes through three steps, each its own method: `_assign` (override or strategy: the variant
+and its propensity), `_forward` (the backend call, with the fallback; where a request that fans out to several
+backends belongs), `_record` (the exposure, metrics, log). Errors are router.errors' tree; the web layer turns
+them into answers.
 """
 
 from __future__ import annotations
@@ -32,20 +28,23 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from recsys.contract import USER_ID_PATTERN
-from router.config import (
+from router.config import ExperimentConfig, RouterSettings, Variant, load_config, phase_design, phase_key
+from router.errors import (
+    AttributionError,
+    BackendError,
     ConfigError,
-    ExperimentConfig,
-    RouterSettings,
-    Variant,
-    load_config,
-    phase_design,
-    phase_key,
+    ErrorExposureError,
+    ForeignExposureError,
+    RecommendationFailedError,
+    StoreError,
+    StoreOverloadedError,
+    UnknownOverrideError,
 )
-from router.events import STORE_FILE, EventStore, Exposure, Feedback, StoreError, StoreOverloadedError
 from router.metrics import Metrics
 from router.monitor import BackendMonitor
-from router.proxy import BackendClient, BackendError, open_client
-from router.strategies import Strategy, build_strategy
+from router.proxy import BackendClient, Recommendation, open_client
+from router.store import Exposure, Feedback, OutcomeStore, backend_for
+from router.strategies import Outcome, SplitInputs, Strategy, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +53,6 @@ REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 #: Feedback event names: short lowercase identifiers ("click", "watch", "rating", ...).
 EVENT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-
-
-class RequestRefusedError(Exception):
-    """The request is well-formed but cannot be served as asked; `status` is the HTTP answer."""
-
-    status = 422
-
-    def __init__(self, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status is not None:
-            self.status = status
-
-
-class UnknownOverrideError(RequestRefusedError):
-    """The QA override header names a variant this experiment does not have."""
-
-
-class AttributionError(RequestRefusedError):
-    """Feedback that cannot be attributed: unknown request id (404), another user's (422), an error (409)."""
 
 
 class FeedbackIn(BaseModel):
@@ -104,6 +83,26 @@ class Live:
 
 
 @dataclass(frozen=True, slots=True)
+class Choice:
+    """The assign step's result: who should serve, how that was decided, with what probability."""
+
+    variant: str
+    assignment: str  # 'strategy' | 'override'
+    propensity: float | None  # None for an override: it was not randomised
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The forward step's result: who served which answer, or why nobody could."""
+
+    variant: str
+    assignment: str  # 'strategy' | 'override' | 'fallback'
+    recommendation: Recommendation | None
+    failure: BackendError | None = None  # the assigned variant's failure (also set after a fallback)
+    fallback_failure: BackendError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """A served recommendation: the backend's body with `variant` and `request_id` added."""
 
@@ -123,9 +122,11 @@ class ReloadResult:
 class RouterService:
     """Holds the live config, the backend client, the outcome store and the monitor of one router process."""
 
-    def __init__(self, settings: RouterSettings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, settings: RouterSettings, *, rng: random.Random | None = None, store: OutcomeStore | None = None
+    ) -> None:
         self.settings = settings
-        self.store = EventStore(settings.results_dir / STORE_FILE)
+        self.store = store or OutcomeStore(backend_for(settings.outcome_store_url))
         self.metrics = Metrics(self.store.stats)
         self._rng = rng
         self._live: Live | None = None
@@ -171,6 +172,7 @@ class RouterService:
                 "strategy": config.strategy,
                 "variants": {name: share for name, share in config.weights},
                 "backend_client": config.backend_client,
+                "store": self.store.description,
             },
         )
 
@@ -202,7 +204,7 @@ class RouterService:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     def _make_live(self, config: ExperimentConfig, phase: int, key: str) -> Live:
-        strategy = build_strategy(config.strategy, config.weights, salt=config.salt, rng=self._rng)
+        strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng))
         return Live(config, strategy, phase, key, {v.name: v for v in config.variants})
 
     # -- recommendation ----------------------------------------------------------------------------
@@ -211,12 +213,27 @@ class RouterService:
         """Assign `user_id`, forward to the variant's backend, record the exposure (errors included).
 
         `forced` is the QA override header's value; it is ignored unless the config enables the override.
-        Raises BackendError (with `request_id` set) when no variant could answer, UnknownOverrideError for a bad
-        override.
+        Raises UnknownOverrideError for a bad override, RecommendationFailedError (from the backend's error,
+        with the exposure's request id) when no variant could answer.
         """
         started = time.perf_counter()
         ts = time.time()
         live = self.live
+        choice = self._assign(live, user_id, forced)
+        request_id = self._next_request_id()
+        forwarded = await self._forward(live, choice, user_id, k)
+        self._record(live, choice, forwarded, ts=ts, started=started, request_id=request_id, user_id=user_id, k=k)
+        if forwarded.recommendation is None:
+            assert forwarded.failure is not None  # no answer means the assigned variant failed
+            raise RecommendationFailedError(
+                forwarded.failure, request_id, fallback_failure=forwarded.fallback_failure
+            ) from forwarded.failure
+        return Answer(
+            annotate(forwarded.recommendation.body, forwarded.variant, request_id), forwarded.variant, request_id
+        )
+
+    def _assign(self, live: Live, user_id: str, forced: str | None) -> Choice:
+        """The override when enabled and given, else the strategy's choice with its propensity."""
         config = live.config
         if forced is not None and config.override.enabled:
             if forced not in live.variants:
@@ -224,91 +241,83 @@ class RouterService:
                     f"{config.override.header}: {forced!r} is not a variant of {config.experiment} "
                     f"(variants: {', '.join(live.variants)})"
                 )
-            assigned, assignment = forced, "override"
-        else:
-            assigned, assignment = live.strategy.assign(user_id), "strategy"
-        request_id = self._next_request_id()
+            return Choice(forced, "override", None)
+        assignment = live.strategy.assign(user_id)
+        return Choice(assignment.variant, "strategy", assignment.propensity)
+
+    async def _forward(self, live: Live, choice: Choice, user_id: str, k: int) -> Forwarded:
+        """Ask the chosen variant's backend; on failure, the fallback variant when the config names one.
+
+        Never raises for a backend failure: the result says who failed, so the exposure is recorded either way.
+        (A strategy that asks several backends per request, such as interleaving, fans out here.)
+        """
         client = self.client()
-        served = assigned
         try:
-            recommendation = await client.recommend(live.variants[assigned], user_id, k)
-        except BackendError as exc:
-            self.metrics.backend_error(assigned, exc.kind)
+            recommendation = await client.recommend(live.variants[choice.variant], user_id, k)
+        except BackendError as failure:
+            self.metrics.backend_error(choice.variant, failure.kind)
+            config = live.config
             fallback = config.fallback_variant if config.on_error == "fallback" else None
-            if fallback is None or fallback == assigned:
-                raise self._failed(live, exc, started, ts, request_id, user_id, k, assignment) from None
+            if fallback is None or fallback == choice.variant:
+                return Forwarded(choice.variant, choice.assignment, None, failure)
             try:
                 recommendation = await client.recommend(live.variants[fallback], user_id, k)
             except BackendError as second:
                 self.metrics.backend_error(fallback, second.kind)
-                exc.detail = f"{exc.detail}; fallback {fallback} failed too ({second.kind}: {second.detail})"
-                raise self._failed(live, exc, started, ts, request_id, user_id, k, assignment) from None
-            served, assignment = fallback, "fallback"
-            self.metrics.fallback(assigned, fallback)
-            self._log_backend_error(exc, request_id, fallback=fallback)
-        body = annotate(recommendation.body, served, request_id)
-        elapsed = time.perf_counter() - started
-        self.store.record_exposure(
-            Exposure(
-                ts,
-                request_id,
-                config.experiment,
-                live.phase,
-                user_id,
-                served,
-                assigned,
-                config.strategy,
-                assignment,
-                200,
-                elapsed * 1000.0,
-                k,
-                recommendation.items,
-                None,
-            )
-        )
-        self.metrics.observe_request(served, 200, elapsed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "recommend",
-                extra={"request_id": request_id, "user_id": user_id, "variant": served, "assignment": assignment},
-            )
-        return Answer(body, served, request_id)
+                return Forwarded(choice.variant, choice.assignment, None, failure, second)
+            self.metrics.fallback(choice.variant, fallback)
+            return Forwarded(fallback, "fallback", recommendation, failure)
+        return Forwarded(choice.variant, choice.assignment, recommendation)
 
-    def _failed(
+    def _record(
         self,
         live: Live,
-        exc: BackendError,
-        started: float,
+        choice: Choice,
+        forwarded: Forwarded,
+        *,
         ts: float,
+        started: float,
         request_id: str,
         user_id: str,
         k: int,
-        assignment: str,
-    ) -> BackendError:
-        """Record the error exposure and return the error, now carrying the request id."""
+    ) -> None:
+        """Write the exposure (errors included), count it, and log a failure (rate-limited)."""
         elapsed = time.perf_counter() - started
-        exc.request_id = request_id
+        failed = forwarded.recommendation is None
+        failure = forwarded.failure
+        status = failure.status_code if failed and failure is not None else 200
         self.store.record_exposure(
             Exposure(
-                ts,
-                request_id,
-                live.config.experiment,
-                live.phase,
-                user_id,
-                exc.variant,
-                exc.variant,
-                live.config.strategy,
-                assignment,
-                exc.status,
-                elapsed * 1000.0,
-                k,
-                (),
-                exc.kind,
+                ts=ts,
+                request_id=request_id,
+                experiment=live.config.experiment,
+                phase=live.phase,
+                user_id=user_id,
+                variant=forwarded.variant,
+                assigned_variant=choice.variant,
+                strategy=live.config.strategy,
+                assignment=forwarded.assignment,
+                propensity=choice.propensity,
+                status=status,
+                latency_ms=elapsed * 1000.0,
+                k=k,
+                items=() if forwarded.recommendation is None else tuple(forwarded.recommendation.items),
+                error=failure.kind if failed and failure is not None else None,
             )
         )
-        self.metrics.observe_request(exc.variant, exc.status, elapsed)
-        self._log_backend_error(exc, request_id)
-        return exc
+        self.metrics.observe_request(forwarded.variant, status, elapsed)
+        if failure is not None:
+            self._log_backend_error(failure, request_id, fallback=None if failed else forwarded.variant)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "recommend",
+                extra={
+                    "request_id": request_id,
+                    "user_id": user_id,
+                    "variant": forwarded.variant,
+                    "assignment": forwarded.assignment,
+                },
+            )
 
     def _log_backend_error(self, exc: BackendError, request_id: str, *, fallback: str | None = None) -> None:
         """A warning per failure, at most one a second per (variant, kind); the rest are counted in the next."""
@@ -325,7 +334,7 @@ class RouterService:
                 "request_id": request_id,
                 "variant": exc.variant,
                 "kind": exc.kind,
-                "status": exc.status,
+                "status": exc.status_code,
                 "error": exc.detail,
                 "fallback": fallback,
                 "similar_errors_not_logged": suppressed,
@@ -337,8 +346,8 @@ class RouterService:
     async def feedback(self, event: FeedbackIn) -> Feedback:
         """Attribute a feedback event to its exposure (by request id, else the user's latest in this phase).
 
-        Raises AttributionError when it cannot, StoreOverloadedError when it cannot be queued, StoreError when the
-        database cannot be read.
+        Raises AttributionError (or a subclass) when it cannot, StoreOverloadedError when it cannot be queued,
+        StoreError when the database cannot be read.
         """
         live = self.live
         if not self.store.accepting:
@@ -347,47 +356,48 @@ class RouterService:
         if event.request_id is not None:
             exposure = await self.store.find_exposure(event.request_id)
             if exposure is None:
-                raise AttributionError(f"unknown request_id {event.request_id!r}: no exposure has this id", 404)
+                raise AttributionError(f"unknown request_id {event.request_id!r}: no exposure has this id")
             if exposure.user_id != event.user_id:
-                raise AttributionError(
-                    f"request_id {event.request_id!r} was served to another user, not {event.user_id!r}", 422
+                raise ForeignExposureError(
+                    f"request_id {event.request_id!r} was served to another user, not {event.user_id!r}"
                 )
             if exposure.status != 200:
-                raise AttributionError(
+                raise ErrorExposureError(
                     f"request_id {event.request_id!r} was answered with an error ({exposure.error}): "
-                    "no items were shown, so there is nothing to give feedback on",
-                    409,
+                    "no items were shown, so there is nothing to give feedback on"
                 )
             attributed_by = "request_id"
         else:
-            exposure = await self.store.latest_exposure(event.user_id, live.phase)
-            if exposure is None:
+            found = await self.store.latest_exposure(event.user_id, live.phase)
+            if found is None:
                 raise AttributionError(
                     f"no exposure for user {event.user_id!r} in the current phase ({live.phase}): "
-                    "send the request_id of the recommendation, or request /recommend first",
-                    404,
+                    "send the request_id of the recommendation, or request /recommend first"
                 )
+            exposure = found
             attributed_by = "user"
         try:
             position: int | None = list(exposure.items).index(event.item_id)
         except ValueError:
             position = None
         accepted = Feedback(
-            time.time(),
-            exposure.request_id,
-            exposure.experiment,
-            exposure.phase,
-            event.user_id,
-            exposure.variant,
-            exposure.assignment,
-            event.item_id,
-            position,
-            event.event,
-            event.value,
-            attributed_by,
+            ts=time.time(),
+            request_id=exposure.request_id,
+            experiment=exposure.experiment,
+            phase=exposure.phase,
+            user_id=event.user_id,
+            variant=exposure.variant,
+            assignment=exposure.assignment,
+            item_id=event.item_id,
+            position=position,
+            event=event.event,
+            value=event.value,
+            attributed_by=attributed_by,
         )
         self.store.record_feedback(accepted)
         self.metrics.feedback(exposure.variant, event.event)
+        if exposure.phase == live.phase and exposure.assignment == "strategy":
+            live.strategy.observe(Outcome(exposure.variant, event.user_id, event.event, event.value))
         return accepted
 
     # -- operations --------------------------------------------------------------------------------

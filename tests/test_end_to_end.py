@@ -16,7 +16,7 @@ import pytest
 from abtest.processes import free_port
 from abtest.simulator import SimulationConfig, SimulationSummary, run_simulation
 from abtest.stack import RunningStack, StackConfig, running_stack
-from router.report import write_reports
+from tests.report.store import write_reports_in
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_report_counts_equal_the_store_and_the_simulator(
     simulated: tuple[SimulationSummary, dict[str, int]], stack_config: StackConfig
 ) -> None:
     summary, _ = simulated
-    paths = write_reports(stack_config.results_dir)
+    paths = write_reports_in(stack_config.results_dir)
     assert sorted(path.name for path in paths) == ["report.html", "report.json", "report.md"]
     report = json.loads((stack_config.results_dir / "report.json").read_text())
     assert report["strategy"] == "hash" and report["unit"] == "user"

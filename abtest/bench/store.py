@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from router.events import EventStore, Exposure
+from router.store import Exposure, OutcomeStore, SQLiteBackend
 
 
-async def _offer(store: EventStore, rate: int, seconds: float) -> dict[str, Any]:
+async def _offer(store: OutcomeStore, rate: int, seconds: float) -> dict[str, Any]:
     tick = 0.01
     per_tick = max(1, round(rate * tick))
     offered = accepted = max_pending = 0
@@ -38,10 +38,11 @@ async def _offer(store: EventStore, rate: int, seconds: float) -> dict[str, Any]
                 assigned_variant="model_a" if offered % 2 else "model_b",
                 strategy="hash",
                 assignment="strategy",
+                propensity=0.5,
                 status=200,
                 latency_ms=1.5,
                 k=10,
-                items=list(range(offered % 100, offered % 100 + 10)),
+                items=tuple(range(offered % 100, offered % 100 + 10)),
                 error=None,
             )
             accepted += store.record_exposure(exposure)
@@ -70,7 +71,7 @@ def run(
     for rate in rates:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "outcomes.sqlite3"
-            store = EventStore(path)
+            store = OutcomeStore(SQLiteBackend(path))
             store.open()
             try:
                 row = asyncio.run(_offer(store, rate, seconds))

@@ -1,11 +1,13 @@
 """The A/B results report: pure statistics over the outcome store, rendered as Markdown, HTML and JSON.
 
-    report = build_report(Path("results/outcomes.sqlite3"))          # latest phase; NoDataError if empty
+    store = backend_for("sqlite:///results/outcomes.sqlite3")         # router.store; or the router's OutcomeStore
+    report = build_report(store)                                      # latest phase; NoDataError if empty
     print(render_markdown(report))
-    write_reports(Path("results"))                                   # report.md, report.html, report.json
+    write_reports(store, Path("results"))                             # report.md, report.html, report.json
 
-Modules: ``load`` (read-only SQL), ``stats`` (pure statistics), ``build`` (assemble the Report),
-``document`` (the Report dataclasses), ``render`` (md/html/json), ``errors`` (NoDataError, ...).
+Modules: ``load`` (one phase's aggregates from a store snapshot), ``stats`` (pure statistics), ``build``
+(assemble the Report), ``document`` (the Report dataclasses), ``render`` (md/html/json). Its errors
+(NoDataError, StoreFormatError) are part of router.errors' tree.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from router.errors import NoDataError, ReportError, StoreFormatError
 from router.report.build import build_report
 from router.report.document import Report
-from router.report.errors import NoDataError, ReportError, StoreFormatError
+from router.report.load import SnapshotSource
 from router.report.render import render_html, render_markdown, report_to_json
 
-STORE_NAME = "outcomes.sqlite3"
-
 __all__ = [
-    "STORE_NAME",
     "NoDataError",
     "Report",
     "ReportError",
@@ -36,13 +36,13 @@ __all__ = [
 ]
 
 
-def write_reports(results_dir: Path, phase: int | None = None) -> list[Path]:
-    """Write report.md, report.html and report.json next to ``outcomes.sqlite3`` in ``results_dir``.
+def write_reports(store: SnapshotSource, directory: Path, phase: int | None = None) -> list[Path]:
+    """Write report.md, report.html and report.json of the store's phase into ``directory``.
 
     Each file is replaced atomically, so a reader never sees half a report.
     """
-    directory = Path(results_dir)
-    report = build_report(directory / STORE_NAME, phase)
+    directory = Path(directory)
+    report = build_report(store, phase)
     outputs = {
         "report.md": render_markdown(report),
         "report.html": render_html(report),

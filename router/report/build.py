@@ -5,7 +5,7 @@ feedback) are counted and shown, never analysed. Each treatment is compared with
 variant of the phase's configuration) on CTR per exposure, at the unit of randomisation; with several
 treatments the CTR p-values are Holm-corrected. A sample-ratio mismatch withholds every verdict.
 
-    report = build_report(Path("results/outcomes.sqlite3"))
+    report = build_report(store)                 # an OutcomeStore or a backend: anything with .snapshot()
     print(report.comparisons[0].verdict)
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
+from numpy.typing import NDArray
 
+from router.errors import StoreFormatError
 from router.report import stats
 from router.report.document import (
     Exclusions,
@@ -32,54 +32,95 @@ from router.report.document import (
     TreatmentResult,
     VariantSummary,
 )
-from router.report.errors import StoreFormatError
-from router.report.load import PhaseData, read_phase
+from router.report.load import QUANTILES, PhaseData, SnapshotSource, read_phase
 from router.report.stats import Difference, Estimate, SampleRatio, Unit, UnitCounts
+from router.store.reader import Timeline, UnitTotals
+from router.strategies import unit_of
 
-STRATEGY_UNITS: Mapping[str, Unit] = {"hash": "user", "random": "request"}
 MIN_DETECTABLE_RELATIVE = 0.05
 """The sample-size figure targets the observed difference, but never less than 5 % of the control's CTR."""
-TIMELINE_POINTS = 200
-LATENCY_BINS = 40
 OFFLINE_METRICS = ("precision_at_10", "recall_at_10", "hit_rate_at_10", "coverage", "rmse")
 
 
-def build_report(db_path: Path, phase: int | None = None) -> Report:
+def build_report(store: SnapshotSource, phase: int | None = None) -> Report:
     """The report of one phase (the latest by default); NoDataError when there is nothing to report."""
-    return assemble(read_phase(db_path, phase))
+    with store.snapshot() as snapshot:
+        data = read_phase(snapshot, phase)
+    return assemble(data)
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One variant's analysed totals: its (user, variant) pairs, seen at the phase's unit of randomisation."""
+
+    pairs: UnitTotals
+    unit: Unit
+
+    @property
+    def exposures(self) -> int:
+        return int(self.pairs.exposures.sum())
+
+    @property
+    def clicked(self) -> int:
+        return int(self.pairs.clicked.sum())
+
+    @property
+    def users(self) -> int:
+        return int(np.unique(self.pairs.user).size)
+
+    @property
+    def units(self) -> int:
+        """Units of randomisation: users under a per-user strategy, requests under a per-request one."""
+        return self.users if self.unit == "user" else self.exposures
+
+    @property
+    def per_user(self) -> UnitCounts:
+        return UnitCounts.of(self.pairs.exposures, self.pairs.clicked)
+
+    def ctr(self) -> Estimate | None:
+        """CTR with its interval: clustered by user under `hash`, Wilson per request under `random`."""
+        if self.unit == "user":
+            return stats.ratio_interval(self.per_user)
+        return stats.wilson(self.clicked, self.exposures)
+
+    def unit_sd(self) -> float:
+        """Standard deviation of one unit's contribution to the CTR (Var(CTR) = sd**2 / units)."""
+        if self.unit == "user":
+            return stats.unit_sd(self.per_user)
+        n = self.exposures
+        if n < 2:
+            return math.nan
+        share = self.clicked / n
+        return math.sqrt(share * (1 - share) * n / (n - 1))
 
 
 def assemble(data: PhaseData) -> Report:
-    """Turn one phase's rows into the Report (pure: no I/O)."""
+    """Turn one phase's aggregates into the Report (pure: no I/O)."""
     config = data.phase.config
-    exposures = data.exposures
     strategy = _strategy(config, data.strategies)
-    unit = STRATEGY_UNITS[strategy]
+    unit = _unit(config, strategy)
     notes: list[str] = []
     if any(logged != strategy for logged in data.strategies):
         notes.append(f"the phase is configured for {strategy} but exposures were logged with {list(data.strategies)}")
 
     weights = _configured_weights(config)
-    analysed = exposures[exposures["assignment"] == "strategy"]
-    groups = dict(iter(analysed.groupby("variant", observed=True)))
-    for name in sorted(set(analysed["variant"]) - set(weights)):
+    totals = data.totals
+    for name in sorted(set(totals.variants) - set(weights)):
         notes.append(f"variant {name} served strategy-assigned traffic but is not in the phase's config")
         weights[name] = 0.0
     names = list(weights)
     control = names[0]
 
-    by_variant = {name: groups.get(name, analysed.iloc[:0]) for name in names}
-    units = {name: _unit_counts(rows, unit) for name, rows in by_variant.items()}
-    feedback = data.feedback[data.feedback["assignment"] == "strategy"]
+    arms = {name: _arm(totals, name, unit) for name in names}
     summaries = tuple(
-        _summarise(name, weights[name], by_variant[name], units[name], feedback, data.variant_info.get(name))
+        _summarise(name, weights[name], arms[name], data.latency_percentiles.get(name), data.variant_info.get(name))
         for name in names
     )
     for summary in summaries:
         if summary.exposures == 0:
             notes.append(f"variant {summary.name} has no analysed exposures in this phase")
 
-    srm = stats.sample_ratio([units[name].units for name in names], [weights[name] for name in names])
+    srm = stats.sample_ratio([arms[name].units for name in names], [weights[name] for name in names])
     withheld = srm is not None and srm.mismatch
     if srm is not None and withheld:
         notes.insert(
@@ -88,27 +129,25 @@ def assemble(data: PhaseData) -> Report:
             f"(chi-square p = {srm.p_value:.2g}); every verdict is withheld until the assignment is fixed",
         )
 
-    several = int((analysed.groupby("user")["variant"].nunique() > 1).sum())
-    if several and strategy == "hash":
+    several = data.users_in_several_variants
+    if several and unit == "user":
         notes.append(
-            f"users served by more than one variant under hash assignment: {several}; this should not happen "
-            "within a phase (their exposures count in each variant they saw)"
+            f"users served by more than one variant under {strategy} assignment: {several}; this should not "
+            "happen within a phase (their exposures count in each variant they saw)"
         )
 
     treatments = names[1:]
-    comparisons = _compare(control, treatments, by_variant, units, weights, unit, srm)
+    comparisons = _compare(control, treatments, arms, weights, unit, srm)
     correction = (
         f"Holm over {len(treatments)} treatment-vs-control CTR tests"
         if len(treatments) > 1
         else "none needed (one treatment)"
     )
-    excluded = exposures[exposures["assignment"] != "strategy"]
+    excluded = {kind: n for kind, n in data.exposures_by_assignment.items() if kind not in ("strategy",)}
     exclusions = Exclusions(
-        exposures_by_assignment={
-            str(k): int(v) for k, v in excluded.groupby("assignment", observed=True).size().items()
-        },
-        exposures=len(excluded),
-        feedback_events=int(data.feedback.loc[data.feedback["assignment"] != "strategy", "events"].sum()),
+        exposures_by_assignment=excluded,
+        exposures=sum(excluded.values()),
+        feedback_events=sum(n for kind, n in data.feedback_by_assignment.items() if kind != "strategy"),
     )
     return Report(
         experiment=data.phase.experiment,
@@ -118,8 +157,8 @@ def assemble(data: PhaseData) -> Report:
         unit=unit,
         control=control,
         started_at=data.phase.started_at,
-        first_exposure_at=float(exposures["ts"].min()),
-        last_exposure_at=float(exposures["ts"].max()),
+        first_exposure_at=data.first_exposure_at,
+        last_exposure_at=data.last_exposure_at,
         generated_at=time.time(),
         alpha=stats.ALPHA,
         target_power=stats.POWER,
@@ -130,10 +169,25 @@ def assemble(data: PhaseData) -> Report:
         exclusions=exclusions,
         variants=summaries,
         comparisons=comparisons,
-        timeline=tuple(_timeline(name, by_variant[name], data.phase.started_at) for name in names),
-        latency_histogram=_latency_histogram(by_variant),
+        timeline=tuple(_timeline(name, data.timeline.get(name), data.phase.started_at) for name in names),
+        latency_histogram=_latency_histogram(data, names),
         notes=tuple(notes),
     )
+
+
+def _arm(totals: UnitTotals, name: str, unit: Unit) -> _Arm:
+    mask = totals.of(name)
+    pairs = UnitTotals(
+        variants=(name,),
+        user=totals.user[mask],
+        variant=np.zeros(int(mask.sum()), np.int64),
+        exposures=totals.exposures[mask],
+        clicked=totals.clicked[mask],
+        errors=totals.errors[mask],
+        events={event: counts[mask] for event, counts in totals.events.items()},
+        values={event: sums[mask] for event, sums in totals.values.items()},
+    )
+    return _Arm(pairs, unit)
 
 
 def _strategy(config: Mapping[str, Any], logged: Sequence[str]) -> str:
@@ -142,9 +196,18 @@ def _strategy(config: Mapping[str, Any], logged: Sequence[str]) -> str:
         if len(logged) != 1:
             raise StoreFormatError(f"the phase's config names no strategy and exposures show {list(logged)}")
         strategy = logged[0]
-    if strategy not in STRATEGY_UNITS:
-        raise StoreFormatError(f"unknown strategy {strategy!r} in the phase's config (expected hash or random)")
     return str(strategy)
+
+
+def _unit(config: Mapping[str, Any], strategy: str) -> Unit:
+    """The phase's unit of randomisation: recorded in its config (`unit`), else the strategy's registered one."""
+    recorded = config.get("unit")
+    unit = recorded if recorded in ("user", "request") else unit_of(strategy)
+    if unit is None:
+        raise StoreFormatError(
+            f"the phase's config records no unit of randomisation and {strategy!r} is not a known strategy"
+        )
+    return unit
 
 
 def _configured_weights(config: Mapping[str, Any]) -> dict[str, float]:
@@ -174,40 +237,32 @@ def _configured_weights(config: Mapping[str, Any]) -> dict[str, float]:
     return {name: weight / total for name, weight in weights.items()}
 
 
-def _unit_counts(rows: pd.DataFrame, unit: Unit) -> UnitCounts:
-    if unit == "user":
-        return stats.group_units(rows["user"].to_numpy(), rows["clicked"].to_numpy())
-    return UnitCounts.per_request(rows["clicked"].to_numpy())
-
-
 def _summarise(
     name: str,
     weight: float,
-    rows: pd.DataFrame,
-    units: UnitCounts,
-    feedback: pd.DataFrame,
+    arm: _Arm,
+    latency: tuple[float, ...] | None,
     info: Mapping[str, Any] | None,
 ) -> VariantSummary:
-    exposures = len(rows)
-    users = int(rows["user"].nunique())
-    errors = int(rows["failed"].sum())
-    events = feedback[feedback["variant"] == name].groupby("event")["events"].sum()
-    converted = int(rows.loc[rows["clicked"] == 1, "user"].nunique())
-    latency = stats.percentiles(rows["latency_ms"].to_numpy())
+    pairs = arm.pairs
+    exposures, users = arm.exposures, arm.users
+    errors = int(pairs.errors.sum())
+    events = {event: int(counts.sum()) for event, counts in sorted(pairs.events.items()) if counts.sum() > 0}
+    converted = int(np.unique(pairs.user[pairs.clicked > 0]).size)
     return VariantSummary(
         name=name,
         weight=weight,
-        units=units.units,
+        units=arm.units,
         exposures=exposures,
         users=users,
         requests_per_user=exposures / users if users else None,
         errors=errors,
         error_rate=stats.wilson(errors, exposures),
-        latency_ms=Latency(*latency) if latency is not None else None,
-        feedback_events=int(events.sum()),
-        feedback_by_event={str(k): int(v) for k, v in events.items()},
-        clicked_exposures=units.total_clicked,
-        ctr=stats.ratio_interval(units),
+        latency_ms=Latency(*latency) if latency is not None and len(latency) == len(QUANTILES) else None,
+        feedback_events=sum(events.values()),
+        feedback_by_event=events,
+        clicked_exposures=arm.clicked,
+        ctr=arm.ctr(),
         converted_users=converted,
         conversion=stats.wilson(converted, users),
         offline=_offline(info),
@@ -235,13 +290,12 @@ def _offline(info: Mapping[str, Any] | None) -> OfflineMetrics | None:
 def _compare(
     control: str,
     treatments: Sequence[str],
-    by_variant: Mapping[str, pd.DataFrame],
-    units: Mapping[str, UnitCounts],
+    arms: Mapping[str, _Arm],
     weights: Mapping[str, float],
     unit: Unit,
     srm: SampleRatio | None,
 ) -> tuple[TreatmentResult, ...]:
-    ctr = {name: stats.compare_ctr(units[control], units[name], unit) for name in treatments}
+    ctr = {name: _compare_ctr(arms[control], arms[name]) for name in treatments}
     tested = [name for name in treatments if ctr[name].p_value is not None]
     p_values = [p for name in tested if (p := ctr[name].p_value) is not None]
     adjusted = dict(zip(tested, stats.holm(p_values), strict=True))
@@ -254,14 +308,14 @@ def _compare(
         p_adjusted = adjusted.get(name)
         significant = p_adjusted is not None and p_adjusted < stats.ALPHA
         allocation = weights[name] / weights[control] if weights[control] > 0 and weights[name] > 0 else 1.0
-        effect, more = _more_units_needed(units[control], units[name], difference, allocation, power_alpha)
+        effect, more = _more_units_needed(arms[control], arms[name], difference, allocation, power_alpha)
         result = TreatmentResult(
             treatment=name,
             control=control,
             ctr=difference,
             p_adjusted=p_adjusted,
             significant=significant,
-            conversion=_conversion(by_variant[control], by_variant[name]) if unit == "user" else None,
+            conversion=_conversion(arms[control], arms[name]) if unit == "user" else None,
             detectable_effect=effect,
             more_units_needed=more,
             verdict="",
@@ -271,18 +325,24 @@ def _compare(
     return tuple(results)
 
 
-def _conversion(control: pd.DataFrame, treatment: pd.DataFrame) -> Difference:
+def _compare_ctr(control: _Arm, treatment: _Arm) -> Difference:
+    """CTR, treatment vs control, at the unit of randomisation (see stats.compare_ctr)."""
+    if control.unit == "user":
+        return stats.compare_ratios(control.per_user, treatment.per_user)
+    return stats.compare_proportions(control.clicked, control.exposures, treatment.clicked, treatment.exposures)
+
+
+def _conversion(control: _Arm, treatment: _Arm) -> Difference:
     """Share of users with at least one click, treatment vs control (users are independent under hash)."""
 
-    def converted_and_users(rows: pd.DataFrame) -> tuple[int, int]:
-        clicked_by_user = rows.groupby("user")["clicked"].max()
-        return int(clicked_by_user.sum()), len(clicked_by_user)
+    def converted_and_users(arm: _Arm) -> tuple[int, int]:
+        return int(np.unique(arm.pairs.user[arm.pairs.clicked > 0]).size), arm.users
 
     return stats.compare_proportions(*converted_and_users(control), *converted_and_users(treatment))
 
 
 def _more_units_needed(
-    control: UnitCounts, treatment: UnitCounts, difference: Difference, allocation: float, alpha: float
+    control: _Arm, treatment: _Arm, difference: Difference, allocation: float, alpha: float
 ) -> tuple[float | None, int | None]:
     """The effect the sample size targets, and about how many more units per variant reach 80 % power.
 
@@ -291,11 +351,13 @@ def _more_units_needed(
     """
     if difference.absolute is None or not difference.control > 0:
         return None, None
-    sd = math.sqrt((stats.unit_sd(control) ** 2 + stats.unit_sd(treatment) ** 2) / 2)
+    sd = math.sqrt((control.unit_sd() ** 2 + treatment.unit_sd() ** 2) / 2)
     if not math.isfinite(sd) or sd <= 0:
         return None, None
     effect = max(abs(difference.absolute.value), MIN_DETECTABLE_RELATIVE * difference.control)
     control_needed = stats.units_needed(effect, sd, ratio=allocation, alpha=alpha)
+    if not math.isfinite(control_needed):
+        return None, None
     more = max(math.ceil(control_needed) - control.units, math.ceil(control_needed * allocation) - treatment.units, 0)
     return effect, int(more)
 
@@ -347,30 +409,20 @@ def format_p(p_value: float, label: str = "p") -> str:
     return f"{label} < 0.001" if p_value < 0.001 else f"{label} = {p_value:.3f}"
 
 
-def _timeline(name: str, rows: pd.DataFrame, started_at: float) -> TimelineSeries:
-    """Cumulative CTR at (up to) TIMELINE_POINTS evenly spaced exposures, the last one included."""
-    if rows.empty:
+def _timeline(name: str, series: Timeline | None, started_at: float) -> TimelineSeries:
+    """Cumulative CTR at the end of each time bucket that has seen an exposure of the variant."""
+    if series is None:
         return TimelineSeries(name, (), ())
-    ordered = rows.sort_values(["ts", "id"])
-    cumulative = np.cumsum(ordered["clicked"].to_numpy()) / np.arange(1, len(ordered) + 1)
-    picks = np.unique(np.linspace(0, len(ordered) - 1, min(TIMELINE_POINTS, len(ordered))).round().astype(int))
-    minutes = (ordered["ts"].to_numpy()[picks] - started_at) / 60.0
-    return TimelineSeries(name, tuple(float(m) for m in minutes), tuple(float(c) for c in cumulative[picks]))
+    seen = series.exposures > 0
+    minutes = (series.ends[seen] - started_at) / 60.0
+    ctr = series.clicked[seen] / series.exposures[seen]
+    return TimelineSeries(name, tuple(float(m) for m in minutes), tuple(float(c) for c in ctr))
 
 
-def _latency_histogram(by_variant: Mapping[str, pd.DataFrame]) -> LatencyHistogram | None:
+def _latency_histogram(data: PhaseData, names: Sequence[str]) -> LatencyHistogram | None:
     """Shared log-spaced bins from the fastest to the slowest analysed exposure."""
-    latencies = {name: rows["latency_ms"].to_numpy(dtype=np.float64) for name, rows in by_variant.items()}
-    every = np.concatenate(list(latencies.values()))
-    if every.size == 0:
+    if data.latency_edges is None:
         return None
-    low = max(float(every.min()), 1e-3)
-    high = float(every.max())
-    if high < 2 * low:  # (nearly) constant latencies: widen so the axis shows whole decades, not 5.01e0
-        low, high = low / 1.5, max(high, low) * 1.5
-    edges = np.geomspace(low, high, LATENCY_BINS + 1)
-    counts = {
-        name: tuple(int(c) for c in np.histogram(np.clip(values, low, high), bins=edges)[0])
-        for name, values in latencies.items()
-    }
-    return LatencyHistogram(tuple(float(e) for e in edges), counts)
+    empty: NDArray[np.int64] = np.zeros(len(data.latency_edges) - 1, np.int64)
+    counts = {name: tuple(int(c) for c in data.latency_counts.get(name, empty)) for name in names}
+    return LatencyHistogram(tuple(float(e) for e in data.latency_edges), counts)

@@ -54,4 +54,4 @@ def store_counters(url: str) -> dict[str, Any]:
 def assigned(users: list[str], salt: str, weights: list[tuple[str, float]]) -> dict[str, str]:
     """The variant the hash strategy gives each user (what the router must do)."""
     strategy = HashStrategy(bucket_ranges(weights), salt=salt)
-    return {user: strategy.assign(user) for user in users}
+    return {user: strategy.assign(user).variant for user in users}

@@ -106,6 +106,6 @@ def test_every_router_route_is_in_its_openapi_schema_so_the_fuzzer_reaches_it(tm
     config.write_text(yaml.safe_dump(experiment({"model_a": "http://127.0.0.1:1", "model_b": "http://127.0.0.1:2"})))
     app = create_app(RouterSettings(results_dir=tmp_path, config_path=config))
     documentation = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-    routes = {route.path for route in app.routes if isinstance(route, Route)} - documentation
-    assert routes <= set(app.openapi()["paths"])
+    routes = {route.path for route in app.api.routes if isinstance(route, Route)} - documentation
+    assert routes <= set(app.api.openapi()["paths"])
     assert "/recommend/{user_id}" in routes and "/admin/reload" in routes

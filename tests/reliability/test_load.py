@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from abtest.processes import CLEAN_EXIT_CODES
-from router.events import EventStore
+from router.store import OutcomeStore
 from tests.reliability.conftest import RouterFactory, experiment, urls_of
 from tests.reliability.load import Load
 from tests.reliability.observe import metric, rows, store_counters
@@ -34,7 +34,7 @@ from tests.router.conftest import wait_until
 CONNECTIONS = 50
 CLICK_SHARE = 0.25
 USERS = [f"user-{i}" for i in range(5_000)]
-INDEX_SIZE = inspect.signature(EventStore).parameters["index_size"].default  # what the router uses
+INDEX_SIZE = inspect.signature(OutcomeStore).parameters["index_size"].default  # what the router uses
 RSS_TOLERANCE = 8 * 1024 * 1024
 
 

@@ -11,8 +11,9 @@ How each failure is produced, and why it is the real thing:
   ("attempt to write a readonly database"), what SQLite answers when it could open the file only for reading.
   (A chmod cannot stop root, and does not affect a connection that is already open.)
 
-The last two hook the store's connection factory in an in-process router; "freeing the disk" removes the
-hook, and the writer's next reconnect (it reconnects after every failure) succeeds.
+The last two run an in-process router over a SQLite backend whose writer-thread connections get the fault
+(a subclass passed in through create_app's `store`); "freeing the disk" turns it off, and the writer's next
+reconnect (it reconnects after every failure) succeeds.
 
 Every check is the count-level invariant: written + lost + pending = recorded (answered exposures, accepted
 clicks, variant infos), rows stored = written, lost only where the router said so.
@@ -36,7 +37,7 @@ import yaml
 from abtest.processes import CLEAN_EXIT_CODES, ServiceError
 from router.app import create_app
 from router.config import RouterSettings
-from router.events import EventStore
+from router.store import OutcomeStore, SQLiteBackend
 from tests.reliability.conftest import USERS, RouterFactory, experiment, urls_of
 from tests.reliability.observe import metric, rows, store_counters
 from tests.reliability.services import Service, store_path
@@ -128,39 +129,36 @@ def test_store_locked_by_another_writer_is_retried_and_every_event_is_written_on
     assert '"level":"error"' in log
 
 
-@dataclass
-class StoreFault:
+class FaultySQLiteBackend(SQLiteBackend):
     """While `active`, connections the store's writer thread opens fail writes like a full disk or read-only file."""
 
-    kind: str  # "full" or "readonly"
-    active: bool = True
+    def __init__(self, path: Path, kind: str, *, active: bool = True) -> None:
+        super().__init__(path)
+        self.kind = kind  # "full" or "readonly"
+        self.active = active
 
-    def install(self, store: EventStore) -> None:
-        original = store._connect
-
-        def connect(*, check_same_thread: bool = True) -> sqlite3.Connection:
-            conn = original(check_same_thread=check_same_thread)
-            if self.active and threading.current_thread().name == "outcome-store-writer":
-                if self.kind == "full":
-                    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-                    conn.execute(f"PRAGMA max_page_count = {pages}")
-                else:
-                    conn.execute("PRAGMA query_only = ON")
-            return conn
-
-        store._connect = connect  # type: ignore[method-assign]
+    def connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = super().connect(check_same_thread=check_same_thread)
+        if self.active and threading.current_thread().name == "outcome-store-writer":
+            if self.kind == "full":
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {pages}")
+            else:
+                conn.execute("PRAGMA query_only = ON")
+        return conn
 
 
 @contextmanager
 def router_with_faulty_store(
-    tmp_path: Path, models: dict[str, Service], fault: StoreFault
-) -> Iterator[tuple[str, EventStore]]:
-    """The router app in this process (its store's connections hooked), served on loopback."""
+    tmp_path: Path, models: dict[str, Service], fault: FaultySQLiteBackend
+) -> Iterator[tuple[str, OutcomeStore]]:
+    """The router app in this process over the faulty backend, served on loopback."""
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(experiment(urls_of(models))))
-    app = create_app(RouterSettings(results_dir=tmp_path / "results", config_path=config, health_interval=0.2))
-    store: EventStore = app.state.service.store
-    fault.install(store)
+    store = OutcomeStore(fault)
+    app = create_app(
+        RouterSettings(results_dir=tmp_path / "results", config_path=config, health_interval=0.2), store=store
+    )
     with serve(app) as url:
         wait_until(
             lambda: all(b["status"] == "up" for b in httpx.get(url + "/health").json()["backends"].values()),
@@ -169,8 +167,18 @@ def router_with_faulty_store(
         yield url, store
 
 
-def stored(store: EventStore, sql: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)) as conn:
+def faulty(tmp_path: Path, kind: str, *, active: bool = True) -> FaultySQLiteBackend:
+    return FaultySQLiteBackend(tmp_path / "results" / "outcomes.sqlite3", kind, active=active)
+
+
+def path_of(store: OutcomeStore) -> Path:
+    backend = store.backend
+    assert isinstance(backend, SQLiteBackend)
+    return backend.path
+
+
+def stored(store: OutcomeStore, sql: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(f"file:{path_of(store)}?mode=ro", uri=True)) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -178,8 +186,8 @@ def stored(store: EventStore, sql: str) -> list[tuple[Any, ...]]:
 def test_store_full_or_read_only_keeps_serving_counts_every_event_and_writes_them_once_it_recovers(
     models: dict[str, Service], tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="router.events")
-    fault = StoreFault(kind)
+    caplog.set_level(logging.ERROR, logger="router.store")
+    fault = faulty(tmp_path, kind)
     traffic = Traffic()
     with router_with_faulty_store(tmp_path, models, fault) as (url, store), httpx.Client(base_url=url) as client:
         users = iter(USERS * 10)
@@ -230,10 +238,10 @@ def test_store_full_or_read_only_keeps_serving_counts_every_event_and_writes_the
 def test_store_still_failing_at_shutdown_counts_what_it_could_not_write_as_lost(
     models: dict[str, Service], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="router.events")
+    caplog.set_level(logging.ERROR, logger="router.store")
     traffic = Traffic()
     with (
-        router_with_faulty_store(tmp_path, models, StoreFault("full")) as (url, store),
+        router_with_faulty_store(tmp_path, models, faulty(tmp_path, "full")) as (url, store),
         httpx.Client(base_url=url) as client,
     ):
         store._stop_timeout = 1.0  # how long the stop keeps retrying a failing store (10 s in production)
@@ -275,10 +283,10 @@ def test_store_file_deleted_or_replaced_while_running_is_an_error_not_a_silent_l
     models: dict[str, Service], tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     """An operator removes the file (or moves a copy over it): writes to the old, unlinked file would vanish."""
-    caplog.set_level(logging.ERROR, logger="router.events")
+    caplog.set_level(logging.ERROR, logger="router.store")
     traffic = Traffic()
     with (
-        router_with_faulty_store(tmp_path, models, StoreFault("full", active=False)) as (url, store),
+        router_with_faulty_store(tmp_path, models, faulty(tmp_path, "full", active=False)) as (url, store),
         httpx.Client(base_url=url) as client,
     ):
         store._stop_timeout = 1.0  # how long the stop keeps retrying a failing store (10 s in production)
@@ -288,11 +296,14 @@ def test_store_file_deleted_or_replaced_while_running_is_an_error_not_a_silent_l
         before = wait_balanced(url, traffic)
         if how == "deleted":
             for suffix in ("", "-wal", "-shm"):
-                Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+                Path(f"{path_of(store)}{suffix}").unlink(missing_ok=True)
         else:
-            with closing(sqlite3.connect(store.path)) as source, closing(sqlite3.connect(tmp_path / "copy")) as copy:
+            with (
+                closing(sqlite3.connect(path_of(store))) as source,
+                closing(sqlite3.connect(tmp_path / "copy")) as copy,
+            ):
                 source.backup(copy)
-            (tmp_path / "copy").replace(store.path)
+            (tmp_path / "copy").replace(path_of(store))
         for user in USERS[20:40]:
             traffic.visit(client, user)
         wait_until(lambda: store_counters(url)["errors"].get("moved", 0) >= 1, what="the writer to notice")
@@ -302,6 +313,6 @@ def test_store_file_deleted_or_replaced_while_running_is_an_error_not_a_silent_l
     stats = store.stats()  # stopped: retried for 1 s, then gave up on the 40 events and counted them
     assert stats["lost"] == {"exposure": 20, "feedback": 20, "variant_info": 0}
     assert sum(stats["written"].values()) + sum(stats["lost"].values()) == traffic.recorded()
-    on_disk = stored(store, "SELECT COUNT(*) FROM exposures")[0][0] if store.path.exists() else 0
+    on_disk = stored(store, "SELECT COUNT(*) FROM exposures")[0][0] if path_of(store).exists() else 0
     assert on_disk == (20 if how == "replaced" else 0)
     assert any("was deleted or replaced" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,6 @@
 """Build small outcome stores by hand (sqlite3 + the real DDL) for the report's tests.
 
-with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
+with HandStore.create(tmp_path / "outcomes.sqlite3") as store:
     store.add_phase(1, "hash", {"model_a": 50, "model_b": 50})
     store.add_exposure("r1", phase=1, user_id="u1", variant="model_a")
     store.add_feedback("r1", event="click")
@@ -17,11 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from router.schema import DDL
+from router.report import Report, build_report, write_reports
+from router.store import STORE_FILE, SQLiteBackend
+from router.store.schema import ddl
 
 
 @dataclass
-class OutcomeStore:
+class HandStore:
     """A writable store in WAL mode, as the router keeps it; rows are committed on every call."""
 
     connection: sqlite3.Connection
@@ -29,13 +31,13 @@ class OutcomeStore:
     clock: float = 1_700_000_000.0
 
     @classmethod
-    def create(cls, path: Path) -> OutcomeStore:
+    def create(cls, path: Path) -> HandStore:
         connection = sqlite3.connect(path, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.executescript(DDL)
+        connection.executescript(ddl("sqlite"))
         return cls(connection)
 
-    def __enter__(self) -> OutcomeStore:
+    def __enter__(self) -> HandStore:
         return self
 
     def __exit__(
@@ -152,3 +154,13 @@ class OutcomeStore:
             "INSERT INTO variant_info (phase, variant, info_json, fetched_at) VALUES (?,?,?,?)",
             (phase, variant, json.dumps(info), self.clock),
         )
+
+
+def report_of(path: Path, phase: int | None = None) -> Report:
+    """The report of the SQLite store at `path` (what `abtest report` builds)."""
+    return build_report(SQLiteBackend(path), phase)
+
+
+def write_reports_in(results_dir: Path, phase: int | None = None) -> list[Path]:
+    """report.md/html/json of `results_dir/outcomes.sqlite3`, written next to it."""
+    return write_reports(SQLiteBackend(Path(results_dir) / STORE_FILE), Path(results_dir), phase)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Error, sync_playwright
 
-from router.report import write_reports
-from tests.report.store import OutcomeStore
+from tests.report.store import HandStore, write_reports_in
 from tests.report.test_build import HASH_WEIGHTS, fill_two_phases, generated_store
 
 CHROMIUM_ARGS = [
@@ -32,12 +31,12 @@ CHROMIUM_ARGS = [
 @pytest.mark.parametrize("case", ["two phases", "sample-ratio mismatch"])
 def test_report_html_renders_in_chromium_without_errors(tmp_path: Path, case: str) -> None:
     if case == "two phases":
-        with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
+        with HandStore.create(tmp_path / "outcomes.sqlite3") as store:
             fill_two_phases(store)
     else:
         users, ctr = {"model_a": 900, "model_b": 1100}, {"model_a": 0.1, "model_b": 0.1}
         generated_store(tmp_path / "outcomes.sqlite3", users, ctr, HASH_WEIGHTS)
-    html_path = next(p for p in write_reports(tmp_path, phase=1) if p.suffix == ".html")
+    html_path = next(p for p in write_reports_in(tmp_path, phase=1) if p.suffix == ".html")
     problems: list[str] = []
     requests: list[str] = []
 

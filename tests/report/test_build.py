@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.report import NoDataError, Report, StoreFormatError, build_report
+from router.errors import StoreError
+from router.report import NoDataError, Report, StoreFormatError
 from router.report.document import VariantSummary
-from router.report.load import connect_read_only
-from tests.report.store import OutcomeStore
+from router.store import SQLiteBackend
+from tests.report.store import HandStore, report_of
 
 HASH_WEIGHTS = {"model_a": 50.0, "model_b": 50.0}
 RANDOM_WEIGHTS = {"model_a": 2.0, "model_b": 1.0, "model_c": 1.0}
 
 
-def fill_two_phases(store: OutcomeStore) -> None:
+def fill_two_phases(store: HandStore) -> None:
     """Phase 1 (hash) by hand, with every special case; phase 2 (random, three variants) generated."""
     store.add_phase(1, "hash", HASH_WEIGHTS)
     add = store.add_exposure
@@ -76,7 +77,7 @@ def fill_two_phases(store: OutcomeStore) -> None:
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     path = tmp_path / "outcomes.sqlite3"
-    with OutcomeStore.create(path) as store:
+    with HandStore.create(path) as store:
         fill_two_phases(store)
     return path
 
@@ -99,7 +100,7 @@ CLICKED_ROWS = (
 
 @pytest.mark.parametrize("phase", [1, 2])
 def test_build_report_counts_equal_sql_counts(store_path: Path, phase: int) -> None:
-    report = build_report(store_path, phase)
+    report = report_of(store_path, phase)
 
     assert report.phase == phase
     for summary in report.variants:
@@ -145,7 +146,7 @@ def test_build_report_counts_equal_sql_counts(store_path: Path, phase: int) -> N
 
 
 def test_build_report_phase_one_has_the_hand_counted_values(store_path: Path) -> None:
-    report = build_report(store_path, phase=1)
+    report = report_of(store_path, phase=1)
     model_a, model_b = variant(report, "model_a"), variant(report, "model_b")
 
     assert (report.strategy, report.unit, report.control) == ("hash", "user", "model_a")
@@ -164,8 +165,8 @@ def test_build_report_phase_one_has_the_hand_counted_values(store_path: Path) ->
 
 
 def test_build_report_defaults_to_the_latest_phase_and_never_mixes_phases(store_path: Path) -> None:
-    latest = build_report(store_path)
-    first = build_report(store_path, phase=1)
+    latest = report_of(store_path)
+    first = report_of(store_path, phase=1)
 
     assert latest.phase == 2 and latest.phases == (1, 2)
     assert (latest.strategy, latest.unit) == ("random", "request")
@@ -179,7 +180,7 @@ def test_build_report_defaults_to_the_latest_phase_and_never_mixes_phases(store_
 
 
 def test_build_report_corrects_several_treatments_with_holm(store_path: Path) -> None:
-    report = build_report(store_path, phase=2)
+    report = report_of(store_path, phase=2)
 
     assert [c.treatment for c in report.comparisons] == ["model_b", "model_c"]
     assert "Holm" in report.correction
@@ -193,7 +194,7 @@ def test_build_report_corrects_several_treatments_with_holm(store_path: Path) ->
 def generated_store(path: Path, users: dict[str, int], ctr: dict[str, float], weights: dict[str, float]) -> None:
     """A hash phase with `users[v]` users per variant, each making 1-5 requests, clicking with `ctr[v]`."""
     rng = np.random.default_rng(31)
-    with OutcomeStore.create(path) as store, store.transaction():
+    with HandStore.create(path) as store, store.transaction():
         store.add_phase(1, "hash", weights)
         for name, count in users.items():
             for u in range(count):
@@ -208,7 +209,7 @@ def test_build_report_declares_a_clear_winner(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.sqlite3"
     generated_store(path, {"model_a": 600, "model_b": 600}, {"model_a": 0.10, "model_b": 0.20}, HASH_WEIGHTS)
 
-    comparison = build_report(path).comparisons[0]
+    comparison = report_of(path).comparisons[0]
 
     assert comparison.significant
     assert comparison.verdict.startswith("model_b beats model_a on CTR by +")
@@ -219,7 +220,7 @@ def test_build_report_withholds_the_verdict_on_sample_ratio_mismatch(tmp_path: P
     path = tmp_path / "outcomes.sqlite3"
     generated_store(path, {"model_a": 900, "model_b": 1100}, {"model_a": 0.10, "model_b": 0.30}, HASH_WEIGHTS)
 
-    report = build_report(path)
+    report = report_of(path)
 
     assert report.srm is not None and report.srm.mismatch and report.verdict_withheld
     assert report.srm.observed == (900, 1100)
@@ -231,7 +232,7 @@ def test_build_report_asks_for_more_users_when_not_significant(tmp_path: Path) -
     path = tmp_path / "outcomes.sqlite3"
     generated_store(path, {"model_a": 150, "model_b": 150}, {"model_a": 0.10, "model_b": 0.11}, HASH_WEIGHTS)
 
-    comparison = build_report(path).comparisons[0]
+    comparison = report_of(path).comparisons[0]
 
     assert not comparison.significant
     assert comparison.more_units_needed is not None and comparison.more_units_needed > 0
@@ -243,7 +244,7 @@ def test_build_report_raises_no_data_for_a_missing_store(tmp_path: Path) -> None
     missing = tmp_path / "outcomes.sqlite3"
 
     with pytest.raises(NoDataError, match="no outcome store"):
-        build_report(missing)
+        report_of(missing)
     assert not missing.exists()  # the read-only reader never creates it
 
 
@@ -251,43 +252,43 @@ def test_build_report_raises_no_data_for_an_empty_store_or_phase(tmp_path: Path)
     path = tmp_path / "outcomes.sqlite3"
     sqlite3.connect(path).close()
     with pytest.raises(NoDataError, match="not an outcome store"):
-        build_report(path)
+        report_of(path)
 
     path.unlink()
-    with OutcomeStore.create(path) as store:
+    with HandStore.create(path) as store:
         with pytest.raises(NoDataError, match="no phase"):
-            build_report(path)
+            report_of(path)
         store.add_phase(1, "hash", HASH_WEIGHTS)
         with pytest.raises(NoDataError, match="phase 1 has no exposures"):
-            build_report(path)
+            report_of(path)
         with pytest.raises(NoDataError, match=r"phase 3 is not in .* \(phases: 1\)"):
-            build_report(path, phase=3)
+            report_of(path, phase=3)
 
 
 def test_build_report_refuses_a_config_without_variants(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.sqlite3"
-    with OutcomeStore.create(path) as store:
+    with HandStore.create(path) as store:
         store.connection.execute(
             "INSERT INTO phases VALUES (1, 'rec-ab', 0, 'k', ?)", ('{"strategy": "hash", "salt": "s"}',)
         )
         store.add_exposure("r1", phase=1, user_id="u1", variant="model_a")
 
         with pytest.raises(StoreFormatError, match="no variants"):
-            build_report(path)
+            report_of(path)
 
 
 def test_build_report_never_writes_the_database_file(store_path: Path) -> None:
     before = store_path.read_bytes()
 
-    build_report(store_path, phase=1)
+    report_of(store_path, phase=1)
 
     assert store_path.read_bytes() == before
-    with pytest.raises(sqlite3.OperationalError, match="readonly"), connect_read_only(store_path) as connection:
-        connection.execute("DELETE FROM exposures")
+    with pytest.raises(StoreError, match="readonly"), SQLiteBackend(store_path).snapshot() as snapshot:
+        snapshot.connection.execute("DELETE FROM exposures")
 
 
 def test_build_report_reads_while_the_writer_holds_a_transaction(store_path: Path) -> None:
-    before = build_report(store_path, phase=1)
+    before = report_of(store_path, phase=1)
     writer = sqlite3.connect(store_path, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
@@ -296,19 +297,19 @@ def test_build_report_reads_while_the_writer_holds_a_transaction(store_path: Pat
             " strategy, assignment, status, latency_ms, k, items) VALUES"
             " (2e9, 'uncommitted', 'rec-ab', 1, 'u9', 'model_a', 'model_a', 'hash', 'strategy', 200, 1, 10, '[]')"
         )
-        during = build_report(store_path, phase=1)  # must neither block nor see the uncommitted row
+        during = report_of(store_path, phase=1)  # must neither block nor see the uncommitted row
         writer.execute("COMMIT")
     finally:
         writer.close()
 
     assert during.variants == before.variants
-    assert variant(build_report(store_path, phase=1), "model_a").exposures == 6
+    assert variant(report_of(store_path, phase=1), "model_a").exposures == 6
 
 
 def test_build_report_reads_a_store_in_a_directory_with_uri_characters(tmp_path: Path) -> None:
     directory = tmp_path / "results #1 ?x=y%20"
     directory.mkdir()
-    with OutcomeStore.create(directory / "outcomes.sqlite3") as store:
+    with HandStore.create(directory / "outcomes.sqlite3") as store:
         fill_two_phases(store)
 
-    assert build_report(directory / "outcomes.sqlite3").phase == 2
+    assert report_of(directory / "outcomes.sqlite3").phase == 2

@@ -10,22 +10,20 @@ import pytest
 
 from router.report import (
     NoDataError,
-    build_report,
     render_html,
     render_markdown,
     report_to_json,
-    write_reports,
 )
 from router.report.build import format_pp, verdict_for
 from router.report.document import TreatmentResult
 from router.report.stats import Difference, Estimate
-from tests.report.store import OutcomeStore
+from tests.report.store import HandStore, report_of, write_reports_in
 from tests.report.test_build import HASH_WEIGHTS, fill_two_phases, generated_store
 
 
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
-    with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
+    with HandStore.create(tmp_path / "outcomes.sqlite3") as store:
         fill_two_phases(store)
     return tmp_path
 
@@ -76,7 +74,7 @@ def test_format_pp_keeps_two_decimals_for_small_differences() -> None:
 
 
 def test_render_markdown_states_unit_verdict_and_every_section(results_dir: Path) -> None:
-    report = build_report(results_dir / "outcomes.sqlite3", phase=1)
+    report = report_of(results_dir / "outcomes.sqlite3", phase=1)
     text = render_markdown(report)
 
     assert text.startswith("# A/B results: rec-ab, phase 1\n")
@@ -103,14 +101,14 @@ def test_render_markdown_puts_sample_ratio_mismatch_first(tmp_path: Path) -> Non
         tmp_path / "outcomes.sqlite3", {"model_a": 900, "model_b": 1100}, {"model_a": 0.1, "model_b": 0.1}, HASH_WEIGHTS
     )
 
-    text = render_markdown(build_report(tmp_path / "outcomes.sqlite3"))
+    text = render_markdown(report_of(tmp_path / "outcomes.sqlite3"))
 
     assert text.index("> **SAMPLE-RATIO MISMATCH") < text.index("## Verdict")
     assert "verdict withheld: sample-ratio mismatch" in text
 
 
 def test_report_to_json_is_strict_json_with_the_report_numbers(results_dir: Path) -> None:
-    report = build_report(results_dir / "outcomes.sqlite3", phase=1)
+    report = report_of(results_dir / "outcomes.sqlite3", phase=1)
 
     data = json.loads(json.dumps(report_to_json(report), allow_nan=False))
 
@@ -123,7 +121,7 @@ def test_report_to_json_is_strict_json_with_the_report_numbers(results_dir: Path
 
 
 def test_render_html_is_self_contained_with_three_plots(results_dir: Path) -> None:
-    page = render_html(build_report(results_dir / "outcomes.sqlite3"))
+    page = render_html(report_of(results_dir / "outcomes.sqlite3"))
 
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<svg") == 3
@@ -139,7 +137,7 @@ def test_render_html_is_self_contained_with_three_plots(results_dir: Path) -> No
 
 
 def test_render_html_escapes_names_from_the_store(tmp_path: Path) -> None:
-    with OutcomeStore.create(tmp_path / "outcomes.sqlite3") as store:
+    with HandStore.create(tmp_path / "outcomes.sqlite3") as store:
         store.add_phase(1, "random", {"<b>a</b>": 1, "b": 1}, experiment="<script>x</script>")
         for i in range(6):
             store.add_exposure(
@@ -151,14 +149,14 @@ def test_render_html_escapes_names_from_the_store(tmp_path: Path) -> None:
                 experiment="<script>x</script>",
             )
 
-    page = render_html(build_report(tmp_path / "outcomes.sqlite3"))
+    page = render_html(report_of(tmp_path / "outcomes.sqlite3"))
 
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<b>a</b>" not in page
 
 
 def test_write_reports_writes_three_files_next_to_the_store(results_dir: Path) -> None:
-    paths = write_reports(results_dir, phase=1)
+    paths = write_reports_in(results_dir, phase=1)
 
     assert [p.name for p in paths] == ["report.md", "report.html", "report.json"]
     assert all(p.parent == results_dir for p in paths)
@@ -170,12 +168,12 @@ def test_write_reports_writes_three_files_next_to_the_store(results_dir: Path) -
 
 def test_write_reports_raises_no_data_without_a_store(tmp_path: Path) -> None:
     with pytest.raises(NoDataError):
-        write_reports(tmp_path)
+        write_reports_in(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def sparse_store(path: Path, case: str) -> None:
-    with OutcomeStore.create(path) as store:
+    with HandStore.create(path) as store:
         weights = {"model_a": 1.0} if case == "one variant" else {"model_a": 1.0, "model_b": 1.0, "model_c": 0.0}
         store.add_phase(1, "hash", weights)
         for i in range(4):
@@ -197,9 +195,9 @@ def sparse_store(path: Path, case: str) -> None:
 def test_render_handles_sparse_phases(tmp_path: Path, case: str) -> None:
     sparse_store(tmp_path / "outcomes.sqlite3", case)
 
-    paths = write_reports(tmp_path)  # warnings are errors: no matplotlib/statsmodels/numpy warning either
+    paths = write_reports_in(tmp_path)  # warnings are errors: no matplotlib/statsmodels/numpy warning either
 
-    report = build_report(tmp_path / "outcomes.sqlite3")
+    report = report_of(tmp_path / "outcomes.sqlite3")
     assert json.loads(paths[2].read_text())["phase"] == 1
     assert paths[1].read_text().count("<svg") == 3
     if case == "one variant":

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fastapi import FastAPI
 
 from router.app import create_app
 from router.config import RouterSettings
+from router.fastpath import RecommendFastPath
 from router.service import RouterService
+from router.store import SQLiteBackend
 from router.strategies import HashStrategy, bucket_ranges
 from tests.support.fake_model import FakeModelControl, serve_fake_model
 from tests.support.servers import serve
@@ -81,12 +82,18 @@ def settings_for(tmp_path: Path, raw: dict[str, Any], **changes: Any) -> RouterS
 class RunningRouter:
     url: str
     client: httpx.Client
-    app: FastAPI
+    app: RecommendFastPath
 
     @property
     def service(self) -> RouterService:
-        service: RouterService = self.app.state.service
-        return service
+        return self.app.service
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file the router's outcome store writes."""
+        backend = self.service.store.backend
+        assert isinstance(backend, SQLiteBackend)
+        return backend.path
 
     def flush(self) -> None:
         assert self.service.store.flush(10), "outcome store did not flush in 10 s"
@@ -94,7 +101,7 @@ class RunningRouter:
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Query the outcome store after writing everything queued so far."""
         self.flush()
-        with sqlite3.connect(self.service.store.path) as conn:
+        with sqlite3.connect(self.store_path) as conn:
             return conn.execute(sql, params).fetchall()
 
 
@@ -109,7 +116,7 @@ def running_router(settings: RouterSettings, **app_options: Any) -> Iterator[Run
 def users_of(variant: str, weights: list[tuple[str, float]], *, salt: str = SALT, count: int = 1) -> list[str]:
     """The first `count` user ids the hash strategy assigns to `variant`."""
     strategy = HashStrategy(bucket_ranges(weights), salt=salt)
-    found = [f"user-{i}" for i in range(10_000) if strategy.assign(f"user-{i}") == variant]
+    found = [f"user-{i}" for i in range(10_000) if strategy.assign(f"user-{i}").variant == variant]
     return found[:count]
 
 

@@ -11,15 +11,8 @@ import pytest
 
 from abtest.processes import free_port
 from router.config import Timeouts, Variant
-from router.proxy import (
-    BackendClient,
-    BackendError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    BadBackendResponseError,
-    open_client,
-    recommend_url,
-)
+from router.errors import BackendError, BackendTimeoutError, BackendUnavailableError, BadBackendResponseError
+from router.proxy import BackendClient, open_client, recommend_url
 from tests.router.conftest import Backend
 from tests.support.fake_model import items_for
 
@@ -70,7 +63,7 @@ def test_refused_connection_is_unavailable(kind: Kind) -> None:
     dead = variant(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(BackendUnavailableError) as caught:
         run_with_client(kind, lambda c: c.recommend(dead, "u", 3))
-    assert (caught.value.status, caught.value.kind, caught.value.variant) == (503, "unavailable", "model_b")
+    assert (caught.value.status_code, caught.value.kind, caught.value.variant) == (503, "unavailable", "model_b")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -81,7 +74,7 @@ def test_slow_backend_times_out_after_the_read_timeout(kind: Kind, backends: dic
     with pytest.raises(BackendTimeoutError) as caught:
         run_with_client(kind, lambda c: c.recommend(variant(backend.url), "u", 3))
     elapsed = time.monotonic() - started
-    assert (caught.value.status, caught.value.kind) == (504, "timeout")
+    assert (caught.value.status_code, caught.value.kind) == (504, "timeout")
     assert 0.3 <= elapsed < 1.4, elapsed  # the timeout, not the backend's eventual answer
 
 
@@ -103,7 +96,7 @@ def test_bad_answers_map_to_their_errors(
         setattr(backend.control, name, value)
     with pytest.raises(error) as caught:
         run_with_client(kind, lambda c: c.recommend(variant(backend.url), "u", 3))
-    assert caught.value.status == status
+    assert caught.value.status_code == status
 
 
 def test_recommend_url_keeps_the_user_id_one_path_segment() -> None:

@@ -9,13 +9,18 @@ from collections import Counter
 import pytest
 
 from router.strategies import (
+    STRATEGIES,
+    Assignment,
     Bucket,
     HashStrategy,
+    Outcome,
     RandomStrategy,
+    SplitInputs,
     bucket_ranges,
     build_strategy,
     choose,
     fnv1a32,
+    unit_of,
     unit_point,
 )
 
@@ -90,7 +95,7 @@ def test_hash_strategy_agrees_with_growthbook(
 ) -> None:
     assert unit_point(salt, user_id) == point
     strategy = HashStrategy(bucket_ranges([(f"v{i}", w) for i, w in enumerate(weights)]), salt=salt)
-    assert strategy.assign(user_id) == f"v{index}"
+    assert strategy.assign(user_id).variant == f"v{index}"
 
 
 def test_bucket_ranges_normalise_any_scale() -> None:
@@ -106,7 +111,7 @@ def test_bucket_ranges_refuse_unusable_weights(weights: list[tuple[str, float]])
 
 def test_zero_weight_variant_gets_nobody() -> None:
     strategy = HashStrategy(bucket_ranges([("a", 1), ("off", 0), ("b", 1)]), salt="s")
-    assigned = Counter(strategy.assign(str(user)) for user in range(5_000))
+    assigned = Counter(strategy.assign(str(user)).variant for user in range(5_000))
     assert assigned["off"] == 0
     assert set(assigned) == {"a", "b"}
 
@@ -119,7 +124,7 @@ def _within_binomial(count: int, n: int, p: float, sigmas: float = 4.5) -> bool:
 def test_hash_strategy_30_70_lands_within_binomial_tolerance() -> None:
     n = 20_000
     strategy = HashStrategy(bucket_ranges([("model_a", 30), ("model_b", 70)]), salt="rec-ab-1")
-    assigned = Counter(strategy.assign(f"user-{i}") for i in range(n))
+    assigned = Counter(strategy.assign(f"user-{i}").variant for i in range(n))
     # 4.5 sigma of Binomial(20000, 0.3) is 292 users: 5708..6292 pass; a bug that gave 50/50 would not.
     assert _within_binomial(assigned["model_a"], n, 0.3), assigned
     assert assigned["model_a"] + assigned["model_b"] == n
@@ -129,7 +134,7 @@ def test_hash_strategy_handles_n_variants() -> None:
     n = 20_000
     weights = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
     strategy = HashStrategy(bucket_ranges(weights), salt="abn")
-    assigned = Counter(strategy.assign(str(i)) for i in range(n))
+    assigned = Counter(strategy.assign(str(i)).variant for i in range(n))
     for name, weight in weights:
         assert _within_binomial(assigned[name], n, weight / 10), assigned
 
@@ -137,22 +142,22 @@ def test_hash_strategy_handles_n_variants() -> None:
 def test_random_strategy_30_70_lands_within_binomial_tolerance() -> None:
     n = 20_000
     strategy = RandomStrategy(bucket_ranges([("model_a", 30), ("model_b", 70)]), rng=random.Random(7))
-    assigned = Counter(strategy.assign("same-user") for _ in range(n))
+    assigned = Counter(strategy.assign("same-user").variant for _ in range(n))
     assert _within_binomial(assigned["model_a"], n, 0.3), assigned
 
 
 def test_random_strategy_is_reproducible_with_a_seed() -> None:
     buckets = bucket_ranges([("a", 1), ("b", 1)])
     one, two = RandomStrategy(buckets, rng=random.Random(3)), RandomStrategy(buckets, rng=random.Random(3))
-    first = [one.assign("u") for _ in range(50)]
-    assert first == [two.assign("u") for _ in range(50)]
+    first = [one.assign("u").variant for _ in range(50)]
+    assert first == [two.assign("u").variant for _ in range(50)]
     assert set(first) == {"a", "b"}  # per request, not per user
 
 
 def test_hash_strategy_is_sticky_and_stateless() -> None:
     weights = [("model_a", 50), ("model_b", 50)]
-    first = build_strategy("hash", weights, salt="rec-ab-1")
-    second = build_strategy("hash", weights, salt="rec-ab-1")  # another replica, no shared state
+    first = build_strategy("hash", SplitInputs(weights, salt="rec-ab-1"))
+    second = build_strategy("hash", SplitInputs(weights, salt="rec-ab-1"))  # another replica, no shared state
     users = [f"u{i}" for i in range(2_000)]
     assert [first.assign(u) for u in users] == [second.assign(u) for u in users]
     assert [first.assign(u) for u in users] == [first.assign(u) for u in users]
@@ -160,9 +165,36 @@ def test_hash_strategy_is_sticky_and_stateless() -> None:
 
 def test_changing_the_salt_reshuffles_users() -> None:
     weights = [("model_a", 50), ("model_b", 50)]
-    before = build_strategy("hash", weights, salt="rec-ab-1")
-    after = build_strategy("hash", weights, salt="rec-ab-2")
+    before = build_strategy("hash", SplitInputs(weights, salt="rec-ab-1"))
+    after = build_strategy("hash", SplitInputs(weights, salt="rec-ab-2"))
     n = 10_000
     moved = sum(before.assign(str(u)) != after.assign(str(u)) for u in range(n))
     # Independent 50/50 splits move half the users: Binomial(10000, 0.5), 4.5 sigma = 225.
     assert abs(moved - n / 2) <= 4.5 * math.sqrt(n * 0.25)
+
+
+def test_the_hash_propensity_is_the_share_of_the_hash_grid_each_variant_owns() -> None:
+    strategy = HashStrategy(bucket_ranges([("a", 1), ("b", 1), ("c", 1)]), salt="s")
+    owned = Counter(choose(k / 10_000, strategy.buckets) for k in range(10_000))  # every point the hash can give
+    for name in "abc":
+        user = next(f"u{i}" for i in range(1_000) if strategy.assign(f"u{i}").variant == name)
+        assert strategy.assign(user) == Assignment(name, owned[name] / 10_000)
+    assert owned["a"] == 3_334  # a third is not representable on the grid: the first range holds one more point
+
+
+def test_the_random_propensity_is_the_weight_share() -> None:
+    strategy = RandomStrategy(bucket_ranges([("a", 30), ("b", 70)]), rng=random.Random(1))
+    seen = {assignment.variant: assignment.propensity for assignment in (strategy.assign("u") for _ in range(200))}
+    assert seen == pytest.approx({"a": 0.3, "b": 0.7})
+
+
+def test_each_registered_strategy_declares_its_unit_and_builds_from_the_registry() -> None:
+    inputs = SplitInputs((("a", 0.5), ("b", 0.5)), salt="s", rng=random.Random(0))
+    for name, spec in STRATEGIES.items():
+        strategy = build_strategy(name, inputs)
+        assert strategy.name == name and strategy.unit == spec.unit == unit_of(name)
+        strategy.observe(Outcome("a", "u1", "click", None))  # fixed splits accept outcomes and ignore them
+        assert strategy.assign("u1").variant in {"a", "b"}
+    assert unit_of("hash") == "user" and unit_of("random") == "request" and unit_of("nope") is None
+    with pytest.raises(KeyError, match="unknown strategy 'nope'"):
+        build_strategy("nope", inputs)

@@ -5,20 +5,17 @@ and the same weights puts the user in the same variant:
 
     >>> unit_point("seed", "a")          # GrowthBook's cases.json: hash("seed", "a", 2) == 0.0505
     0.0505
-    >>> buckets = bucket_ranges((("model_a", 0.5), ("model_b", 0.5)))
-    >>> HashStrategy(buckets, salt="seed").assign("a")
+    >>> choose(unit_point("seed", "a"), bucket_ranges((("model_a", 0.5), ("model_b", 0.5))))
     'model_a'
 
-No I/O and no state beyond a random generator, so every router replica agrees without talking.
+No I/O and no state, so every router replica agrees without talking.
 """
 
 from __future__ import annotations
 
 import bisect
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
 
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
@@ -85,80 +82,12 @@ def choose(point: float, buckets: Sequence[Bucket]) -> str:
     'c'
     """
     ends = [b.end for b in buckets]
-    return buckets[_index(point, ends)].variant
+    return buckets[bucket_index(point, ends)].variant
 
 
-def _index(point: float, ends: Sequence[float]) -> int:
+def bucket_index(point: float, ends: Sequence[float]) -> int:
+    """The index of the range whose end is the first above `point` (ends ascending, the last 1.0)."""
     index = bisect.bisect_right(ends, point)
     if index >= len(ends):
         raise ValueError(f"point {point} is outside [0, 1)")
     return index
-
-
-class Strategy(Protocol):
-    """How a unit (a user, or a request) gets a variant."""
-
-    @property
-    def name(self) -> Literal["random", "hash"]:
-        """The strategy's config name, recorded on every exposure."""
-
-    def assign(self, unit_id: str) -> str:
-        """Return the variant that serves `unit_id`."""
-
-
-@dataclass(frozen=True)
-class HashStrategy:
-    """Sticky split: salt+unit hashes to a point in [0, 1); cumulative weights pick the variant.
-
-    Changing the salt reshuffles everyone; changing nothing keeps every user where they were.
-    """
-
-    buckets: tuple[Bucket, ...]
-    salt: str
-    _ends: tuple[float, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_ends", tuple(b.end for b in self.buckets))
-
-    @property
-    def name(self) -> Literal["hash"]:
-        return "hash"
-
-    def assign(self, unit_id: str) -> str:
-        return self.buckets[_index(unit_point(self.salt, unit_id), self._ends)].variant
-
-
-@dataclass(frozen=True)
-class RandomStrategy:
-    """Weighted random per request: the unit id is ignored, so one user may see several variants.
-
-    Pass a seeded `random.Random` for reproducible tests.
-    """
-
-    buckets: tuple[Bucket, ...]
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-    _ends: tuple[float, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_ends", tuple(b.end for b in self.buckets))
-
-    @property
-    def name(self) -> Literal["random"]:
-        return "random"
-
-    def assign(self, unit_id: str) -> str:
-        return self.buckets[_index(self.rng.random(), self._ends)].variant
-
-
-def build_strategy(
-    name: Literal["random", "hash"],
-    weights: Sequence[tuple[str, float]],
-    *,
-    salt: str,
-    rng: random.Random | None = None,
-) -> Strategy:
-    """The strategy called `name` over `weights` (variant, weight) in config order."""
-    buckets = bucket_ranges(weights)
-    if name == "hash":
-        return HashStrategy(buckets, salt=salt)
-    return RandomStrategy(buckets, rng=rng or random.Random())

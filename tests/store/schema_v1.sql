@@ -1,13 +1,4 @@
-"""The outcome store's SQL schema: the documented contract for the report and for users' own SQL.
-
-Bump ``SCHEMA_VERSION`` on any change and say what changed in README's "Outcome store" section.
-"""
-
-from __future__ import annotations
-
-SCHEMA_VERSION = 1
-
-DDL = """
+-- The outcome store schema version 1, exactly as router/schema.py had it (for the migration test).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -66,4 +57,3 @@ CREATE TABLE IF NOT EXISTS variant_info (
     fetched_at REAL NOT NULL,
     PRIMARY KEY (phase, variant)
 );
-"""

@@ -1,0 +1,87 @@
+"""The outcome store: what the router records, behind one interface whatever the database.
+
+    store = OutcomeStore(backend_for("sqlite:///results/outcomes.sqlite3"))    # STORE_URL picks the backend
+    store.open()
+    store.record_exposure(Exposure(...))
+    with store.snapshot() as snapshot: ...                                     # what the report reads
+
+Modules: ``schema`` (the tables, once), ``records`` (one frozen record per row), ``backend`` (the StoreBackend
+Protocol every engine implements), ``sqlite`` (the embedded default), ``outcomes`` (OutcomeStore: the queue, the
+writer thread, retries, loss counting, the recent index), ``reader`` (the read side the report uses).
+
+Store URLs follow SQLAlchemy's spelling: `sqlite:///relative/path.sqlite3`, `sqlite:////absolute/path.sqlite3`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from router.errors import ConfigError
+from router.store.backend import Failure, StoreBackend
+from router.store.outcomes import OutcomeStore, StoreStats
+from router.store.reader import PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
+from router.store.records import Exposure, Feedback, Record, VariantInfo
+from router.store.sqlite import SQLiteBackend
+
+#: The SQLite store's file name inside RESULTS_DIR when STORE_URL is not set.
+STORE_FILE = "outcomes.sqlite3"
+
+__all__ = [
+    "STORE_FILE",
+    "Exposure",
+    "Failure",
+    "Feedback",
+    "OutcomeStore",
+    "PhaseRecord",
+    "PhaseSnapshot",
+    "Record",
+    "SQLiteBackend",
+    "StoreBackend",
+    "StoreStats",
+    "Timeline",
+    "UnitTotals",
+    "VariantInfo",
+    "backend_for",
+    "default_store_url",
+    "describe_url",
+]
+
+
+def default_store_url(results_dir: Path) -> str:
+    """The embedded default: `outcomes.sqlite3` inside the results folder.
+
+    >>> default_store_url(Path("results"))
+    'sqlite:///results/outcomes.sqlite3'
+    """
+    return f"sqlite:///{Path(results_dir) / STORE_FILE}"
+
+
+def backend_for(url: str) -> StoreBackend:
+    """The backend a store URL names. Raises ConfigError for a URL no backend understands.
+
+    >>> backend_for("sqlite:////tmp/x.sqlite3").description
+    'sqlite:////tmp/x.sqlite3'
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        prefix = "sqlite:///"
+        if not url.startswith(prefix) or len(url) == len(prefix):
+            raise ConfigError(
+                f"STORE_URL {describe_url(url)!r}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return SQLiteBackend(Path(url[len(prefix) :]))
+    raise ConfigError(f"STORE_URL {describe_url(url)!r}: unknown store; use sqlite:///path")
+
+
+def describe_url(url: str) -> str:
+    """The URL with any password replaced by '***', for messages and logs.
+
+    >>> describe_url("postgresql://app:s3cret@db:5432/outcomes")
+    'postgresql://app:***@db:5432/outcomes'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

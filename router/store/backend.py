@@ -1,0 +1,71 @@
+"""The seam between the generic outcome store and a database engine: what every backend must do.
+
+    OutcomeStore (router.store.outcomes)      bounded queue, writer thread, retries, loss counting, recent index
+        └── StoreBackend (this Protocol)      one engine: open/migrate, phases, write a batch, look up exposures
+              ├── SQLiteBackend               router.store.sqlite (the embedded default)
+              └── ...                         e.g. a PostgreSQL backend, selected by STORE_URL
+
+Like httpx's transports under its client: the backend does one engine's I/O and nothing else; everything that is
+the same for every engine lives once above it. `tests/store/test_contract.py` states what every backend must do.
+
+All methods block. OutcomeStore calls `write` from its one writer thread and the lookups from worker threads
+(several at once), so a backend keeps one connection for writing and guards what it shares for reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from router.store.reader import PhaseSnapshot
+from router.store.records import Exposure, Record
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a backend says about an exception raised by its engine.
+
+    `kind` labels it for metrics and logs (locked, readonly, full, io, corrupt, moved, unavailable, constraint,
+    other). `poison` means a row caused it, not the store: retrying the batch cannot help, so the rows are
+    written one by one and the ones that still fail are counted as lost.
+    """
+
+    kind: str
+    poison: bool = False
+
+
+class StoreBackend(Protocol):
+    """One database engine under OutcomeStore."""
+
+    @property
+    def description(self) -> str:
+        """Where the store is, for messages and logs (never with a password)."""
+
+    def open(self) -> None:
+        """Create the schema, or migrate an older one; raise StoreError saying what is wrong and where."""
+
+    def close(self) -> None:
+        """Close every connection (after the writer thread has stopped)."""
+
+    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+        """Continue the latest phase if it has this experiment and key, else record the next: (phase, is_new).
+
+        Atomic across processes sharing the store, so concurrent routers agree on one phase.
+        """
+
+    def write(self, batch: Sequence[Record]) -> None:
+        """Write the records in one transaction: all or none. Raises the engine's error (see `classify`)."""
+
+    def find_exposure(self, request_id: str) -> Exposure | None:
+        """The exposure with this request id, or None."""
+
+    def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
+        """The user's latest successful exposure in `phase` (by arrival time), or None."""
+
+    def classify(self, exc: BaseException) -> Failure | None:
+        """A Failure if `exc` came from the engine (the store is failing), None if it is a bug of ours."""
+
+    def snapshot(self) -> AbstractContextManager[PhaseSnapshot]:
+        """A read-only, consistent view of the store for the report (see router.store.reader)."""

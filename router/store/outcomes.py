@@ -1,0 +1,365 @@
+"""The outcome store: exposures, feedback and variant info, queued by the event loop, written by one thread.
+
+    store = OutcomeStore(SQLiteBackend(path))          # or backend_for(STORE_URL): router.store
+    store.open()                                       # the backend's schema; starts the writer thread
+    phase, is_new = store.start_phase("rec-ab", key, design)
+    store.record_exposure(exposure)                    # never blocks: queued for the writer thread
+    store.record_feedback(feedback)                    # raises StoreOverloadedError when the queue is full
+    await store.find_exposure(request_id)              # recent in-memory index first, then the database
+    store.close()                                      # drains the queue: nothing acknowledged is lost
+
+Everything here is the same for every database engine (router.store.backend draws the seam). One writer thread
+commits queued events in batches (every `flush_interval` seconds, sooner when a batch is full). A failing store
+(locked, read-only, disk full, I/O error, unreachable) is retried with backoff and logged; the queue is bounded,
+so while it is full new feedback is refused (503, the client retries) and exposures that cannot be queued are
+counted as lost - never dropped silently. On a hard kill at most the last `flush_interval` of events is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from router.errors import StoreError, StoreOverloadedError
+from router.store.backend import StoreBackend
+from router.store.reader import PhaseSnapshot
+from router.store.records import RECORD_KINDS, Exposure, Feedback, Record, VariantInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class StoreStats:
+    """Counters for metrics: events written and lost by kind, store errors by kind."""
+
+    written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
+    lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class OutcomeStore:
+    """The generic outcome store over one backend: a bounded queue, a batched writer thread, a recent index.
+
+    Call `record_*`, `find_exposure` and `latest_exposure` from one event loop; the writer thread only
+    touches the queue and the backend's writing side.
+    """
+
+    def __init__(
+        self,
+        backend: StoreBackend,
+        *,
+        max_pending: int = 50_000,
+        index_size: int = 20_000,
+        batch_size: int = 5_000,
+        flush_interval: float = 0.05,
+        retry_max_delay: float = 2.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.backend = backend
+        self.max_pending = max_pending
+        self.flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._retry_max_delay = retry_max_delay
+        self._stop_timeout = stop_timeout
+
+        self._pending: deque[Record] = deque()
+        self._inflight = 0  # events the writer has taken but not yet resolved
+        self._enqueued = 0  # events ever queued (event loop thread)
+        self._done = 0  # events ever written or given up on (writer thread)
+        self._done_cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stop_deadline = float("inf")
+        self._writer: threading.Thread | None = None
+
+        self._stats = StoreStats()
+        self._stats_lock = threading.Lock()
+        self._last_loss_log = 0.0
+
+        # The recent-exposure index: the last `index_size` exposures, plus every one not yet on disk, so an
+        # attribution lookup never misses an acknowledged exposure (older ones are found in the database).
+        self._index_size = index_size
+        self._by_request: dict[str, Exposure] = {}
+        self._request_order: deque[tuple[int, str]] = deque()  # (sequence number, request_id), oldest first
+        self._latest_by_user: dict[str, Exposure] = {}
+        self._user_order: deque[tuple[int, str, str]] = deque()  # (sequence number, user_id, request_id)
+
+    @property
+    def description(self) -> str:
+        """Where the store is (the backend's URL, without secrets)."""
+        return self.backend.description
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (create or migrate) the backend's store and start the writer thread. Raises StoreError."""
+        self.backend.open()
+        self._writer = threading.Thread(target=self._run, name="outcome-store-writer", daemon=True)
+        self._writer.start()
+        log.info("outcome store open", extra={"store": self.description})
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer (gives up after `stop_timeout` s of store failure)."""
+        if self._writer is not None:
+            self._stop_deadline = time.monotonic() + self._stop_timeout
+            self._stop.set()
+            self._wake.set()
+            self._writer.join()
+            self._writer = None
+        self.backend.close()
+        log.info("outcome store closed", extra={"store": self.description, "written": dict(self._stats.written)})
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every event queued before the call is written (or given up on). False on timeout."""
+        target = self._enqueued
+        self._wake.set()
+        with self._done_cond:
+            return self._done_cond.wait_for(lambda: self._done >= target, timeout)
+
+    async def aflush(self, within: float | None = None) -> bool:
+        """`flush` without blocking the event loop."""
+        return await asyncio.to_thread(self.flush, within)
+
+    # -- phases ------------------------------------------------------------------------------------
+
+    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+        """Continue the latest phase if it has this experiment and key, else start the next: (phase, is_new).
+
+        Blocking: call before serving or through a thread. Raises StoreError.
+        """
+        return self._call(lambda: self.backend.start_phase(experiment, config_key, design), "record the phase")
+
+    def snapshot(self) -> AbstractContextManager[PhaseSnapshot]:
+        """A read-only, consistent view for the report (blocking: use from a worker thread)."""
+        return self.backend.snapshot()
+
+    # -- writing (event loop side) -----------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Events queued or being written."""
+        return len(self._pending) + self._inflight
+
+    @property
+    def accepting(self) -> bool:
+        """False while the queue is full (or the store is closing): new feedback would be refused."""
+        return len(self._pending) + self._inflight < self.max_pending and not self._stop.is_set()
+
+    def record_exposure(self, exposure: Exposure) -> bool:
+        """Queue an exposure and index it for attribution. False if the queue is full (counted as lost)."""
+        if not self._enqueue(exposure):
+            self._count_lost("exposure", exposure.request_id)
+            return False
+        self._index(exposure)
+        return True
+
+    def record_feedback(self, feedback: Feedback) -> None:
+        """Queue a feedback event. Raises StoreOverloadedError when the queue is full (nothing is acknowledged)."""
+        if not self._enqueue(feedback):
+            raise StoreOverloadedError("outcome store overloaded, retry")
+
+    def record_variant_info(self, info: VariantInfo) -> bool:
+        """Queue a backend's /info for its phase. False if the queue is full (counted as lost)."""
+        if not self._enqueue(info):
+            self._count_lost("variant_info", info.variant)
+            return False
+        return True
+
+    def _enqueue(self, event: Record) -> bool:
+        pending = self._pending
+        if len(pending) + self._inflight >= self.max_pending or self._stop.is_set():
+            return False
+        pending.append(event)
+        self._enqueued += 1
+        if len(pending) >= self._batch_size:
+            self._wake.set()
+        return True
+
+    def _index(self, exposure: Exposure) -> None:
+        seq = self._enqueued  # FIFO: this exposure is on disk once the writer has resolved `seq` events
+        self._by_request[exposure.request_id] = exposure
+        self._request_order.append((seq, exposure.request_id))
+        if exposure.status == 200:
+            # "Latest" means latest to arrive (the database orders by ts too), not last to finish.
+            latest = self._latest_by_user.get(exposure.user_id)
+            if latest is None or exposure.ts >= latest.ts:
+                self._latest_by_user[exposure.user_id] = exposure
+            self._user_order.append((seq, exposure.user_id, exposure.request_id))
+        done, size = self._done, self._index_size
+        order = self._request_order
+        while len(order) > size and order[0][0] <= done:
+            self._by_request.pop(order.popleft()[1], None)
+        users = self._user_order
+        while len(users) > size and users[0][0] <= done:
+            _, user, request_id = users.popleft()
+            latest = self._latest_by_user.get(user)
+            if latest is not None and latest.request_id == request_id:
+                del self._latest_by_user[user]
+
+    # -- attribution lookups -----------------------------------------------------------------------
+
+    async def find_exposure(self, request_id: str) -> Exposure | None:
+        """The exposure with this request id: from the recent index, else the database. Raises StoreError."""
+        found = self._by_request.get(request_id)
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self._call, lambda: self.backend.find_exposure(request_id), "read")
+
+    async def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
+        """The user's latest successful exposure in `phase`. Raises StoreError if the database cannot be read."""
+        latest = self._latest_by_user.get(user_id)
+        if latest is not None:
+            # The index holds the user's latest exposure overall (by arrival), and phases only grow over time:
+            # if that one is from another phase, the user has none in `phase` newer than it.
+            return latest if latest.phase == phase else None
+        return await asyncio.to_thread(self._call, lambda: self.backend.latest_exposure(user_id, phase), "read")
+
+    def _call(self, action: Callable[[], T], what: str) -> T:
+        """Run a backend call; count and wrap the engine's failures as StoreError."""
+        try:
+            return action()
+        except StoreError:
+            raise
+        except Exception as exc:
+            failure = self.backend.classify(exc)
+            if failure is None:
+                raise
+            self._count_error(failure.kind)
+            raise StoreError(f"cannot {what} the outcome store ({failure.kind}): {exc}") from exc
+
+    # -- the writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self._stop.is_set() and len(self._pending) < self._batch_size:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
+                self._inflight = len(batch)
+                try:
+                    self._write_with_retry(batch)
+                except Exception:  # the thread's outermost handler: never die silently with a full queue
+                    log.critical("outcome store writer failed unexpectedly; %d events lost", len(batch), exc_info=True)
+                    self._count_lost_batch(batch)
+                self._inflight = 0
+                with self._done_cond:
+                    self._done += len(batch)
+                    self._done_cond.notify_all()
+            if self._stop.is_set() and not self._pending:
+                return
+            with self._done_cond:  # wake any flush() waiting on an already-empty queue
+                self._done_cond.notify_all()
+
+    def _write_with_retry(self, batch: list[Record]) -> None:
+        """Write `batch`, retrying a failing store with backoff; rows that poison a batch are written one by one.
+
+        Unexpected exceptions (ours, not the engine's) propagate to `_run`, which counts the batch as lost.
+        """
+        delay = 0.05
+        while True:
+            try:
+                self.backend.write(batch)
+            except Exception as exc:
+                failure = self.backend.classify(exc)
+                if failure is None:
+                    raise
+                self._count_error(failure.kind)
+                if failure.poison:
+                    log.error("outcome store rejected a batch (%s); writing its rows one by one", exc)
+                    self._write_one_by_one(batch)
+                    return
+                if self._stop.is_set() and time.monotonic() > self._stop_deadline:
+                    self._give_up(batch, exc)
+                    return
+                log.error(
+                    "outcome store write failed (%s: %s); %d events waiting, retrying in %.2fs",
+                    failure.kind,
+                    exc,
+                    len(batch) + len(self._pending),
+                    delay,
+                    extra={"store_error": failure.kind},
+                )
+                time.sleep(delay)  # the writer thread's own backoff; the event loop is not waiting on it
+                delay = min(delay * 2, self._retry_max_delay)
+            else:
+                self._count_written(batch)
+                return
+
+    def _write_one_by_one(self, batch: list[Record]) -> None:
+        """After a row-caused failure: keep every row that fits, report each one that does not."""
+        for record in batch:
+            try:
+                self.backend.write([record])
+            except Exception as exc:
+                if self.backend.classify(exc) is None:
+                    raise
+                with self._stats_lock:
+                    self._stats.lost[record.kind] += 1
+                log.error("outcome store refused a %s and it is lost: %s (%r)", record.kind, exc, record)
+            else:
+                self._count_written([record])
+
+    def _count_written(self, batch: list[Record]) -> None:
+        with self._stats_lock:
+            for record in batch:
+                self._stats.written[record.kind] += 1
+
+    def _count_lost_batch(self, batch: list[Record]) -> None:
+        with self._stats_lock:
+            for record in batch:
+                self._stats.lost[record.kind] += 1
+
+    def _give_up(self, batch: list[Record], exc: Exception) -> None:
+        lost = batch + list(self._pending)
+        self._pending.clear()
+        self._count_lost_batch(lost)
+        log.error(
+            "outcome store still failing at shutdown after %.0fs (%s): %d events could not be written and are lost",
+            self._stop_timeout,
+            exc,
+            len(lost),
+        )
+        batch[:] = lost  # so the caller counts all of them as done
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _count_error(self, kind: str) -> None:
+        with self._stats_lock:
+            self._stats.errors[kind] = self._stats.errors.get(kind, 0) + 1
+
+    def _count_lost(self, kind: str, what: str) -> None:
+        with self._stats_lock:
+            self._stats.lost[kind] += 1
+            total = self._stats.lost[kind]
+        now = time.monotonic()
+        if now - self._last_loss_log >= 1.0:
+            self._last_loss_log = now
+            log.error(
+                "outcome store queue full (%d pending): %s %s not recorded; %d %s events lost so far",
+                self.pending,
+                kind,
+                what,
+                total,
+                kind,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for metrics and /health: written/lost by kind, errors by kind, pending."""
+        with self._stats_lock:
+            return {
+                "written": dict(self._stats.written),
+                "lost": dict(self._stats.lost),
+                "errors": dict(self._stats.errors),
+                "pending": self.pending,
+                "max_pending": self.max_pending,
+            }

@@ -1,0 +1,507 @@
+"""The embedded outcome store: one SQLite file in WAL mode (`sqlite:///results/outcomes.sqlite3`).
+
+    backend = SQLiteBackend(Path("results/outcomes.sqlite3"))
+    backend.open()                                  # schema, WAL, migration of an older version
+    backend.write([exposure, feedback])             # one transaction (from OutcomeStore's writer thread)
+    with backend.snapshot() as snapshot: ...        # a read-only connection in one read transaction
+
+WAL mode lets the report read while the router writes, and vice versa. Before each batch the writer checks that
+the file at the path is still the one it opened: a deleted or replaced store would otherwise swallow writes that
+nobody can ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from router.errors import NoDataError, StoreError, StoreFormatError
+from router.store.backend import Failure
+from router.store.reader import GroupBy, PhaseRecord, Timeline, UnitTotals
+from router.store.records import Exposure, Record
+from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
+
+log = logging.getLogger(__name__)
+
+_EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
+_BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
+_LATEST_FOR_USER = (
+    f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
+)
+
+#: Failures caused by a row, not by the store: retrying the batch cannot help.
+_POISON = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+
+class StoreFileMovedError(sqlite3.OperationalError):
+    """The store file was deleted or replaced after open(): writing on would go into a file nobody can see."""
+
+
+def _insert_sql(record_type: type[Record]) -> str:
+    """The INSERT of one record type; tables keyed by their content (variant_info) keep the latest row."""
+    table = record_type.table
+    verb = "INSERT OR REPLACE" if table.primary_key else "INSERT"
+    columns = table.insert_columns
+    return f"{verb} INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+class SQLiteBackend:
+    """StoreBackend over one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 1_000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._file_id: tuple[int, int] | None = None
+
+    @property
+    def description(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self.connect()) as conn:
+                self._create_or_migrate(conn)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the outcome store {self.path}: {exc}") from exc
+        self._file_id = _file_identity(self.path)
+
+    def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+            found = None
+            if has_meta:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                found = None if row is None else int(row[0])
+            if found is None:
+                for statement in ddl("sqlite").split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    f"INSERT INTO {META.name} (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"outcome store {self.path} has schema version {found}, newer than this router's "
+                    f"{SCHEMA_VERSION}: run a newer router, or move the file aside"
+                )
+            elif found < SCHEMA_VERSION:
+                for target, statements in migrations_from(found, "sqlite"):
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+                    log.info("outcome store migrated", extra={"path": str(self.path), "schema_version": target})
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    log.warning("closing an outcome store connection failed", exc_info=True)
+        self._writer = self._reader = None
+
+    # -- phases ------------------------------------------------------------------------------------
+
+    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+        with closing(self.connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                latest = conn.execute(
+                    "SELECT phase, experiment, config_key FROM phases ORDER BY phase DESC LIMIT 1"
+                ).fetchone()
+                if latest is not None and latest[1] == experiment and latest[2] == config_key:
+                    conn.execute("COMMIT")
+                    return int(latest[0]), False
+                phase = 1 if latest is None else int(latest[0]) + 1
+                conn.execute(
+                    "INSERT INTO phases (phase, experiment, started_at, config_key, config_json) VALUES (?,?,?,?,?)",
+                    (phase, experiment, time.time(), config_key, orjson.dumps(dict(design)).decode()),
+                )
+                conn.execute("COMMIT")
+                return phase, True
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # -- writing (the writer thread) ---------------------------------------------------------------
+
+    def write(self, batch: Sequence[Record]) -> None:
+        self._check_file()
+        if self._writer is None:
+            self._writer = self.connect()
+        conn = self._writer
+        grouped: dict[type[Record], list[tuple[Any, ...]]] = {}
+        for record in batch:
+            grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for record_type, rows in grouped.items():
+                conn.executemany(_insert_sql(record_type), rows)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if not isinstance(exc, _POISON):
+                self._discard_writer()  # a failing store: reconnect on the next attempt
+            raise
+
+    def _discard_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except sqlite3.Error:
+                log.warning("closing a failed outcome store connection failed too", exc_info=True)
+            self._writer = None
+
+    def _check_file(self) -> None:
+        try:
+            found: tuple[int, int] | None = _file_identity(self.path)
+        except FileNotFoundError:
+            found = None
+        if found != self._file_id:
+            raise StoreFileMovedError(
+                f"the outcome store file {self.path} was deleted or replaced while the router ran; "
+                "restart the router to open it anew"
+            )
+
+    # -- lookups (worker threads) ------------------------------------------------------------------
+
+    def find_exposure(self, request_id: str) -> Exposure | None:
+        return self._select_one(_BY_REQUEST, (request_id,))
+
+    def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
+        return self._select_one(_LATEST_FOR_USER, (user_id, phase))
+
+    def _select_one(self, sql: str, params: tuple[Any, ...]) -> Exposure | None:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self.connect(check_same_thread=False)
+                self._reader.row_factory = sqlite3.Row
+            row = self._reader.execute(sql, params).fetchone()
+        return None if row is None else Exposure.from_columns(row)
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def classify(self, exc: BaseException) -> Failure | None:
+        if isinstance(exc, _POISON):
+            return Failure("constraint", poison=True)
+        if isinstance(exc, sqlite3.Error | OSError):
+            return Failure(error_kind(exc))
+        return None
+
+    # -- reading (the report) ----------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SQLiteSnapshot]:
+        """A read-only connection (`mode=ro`: never creates or writes the file) in one read transaction."""
+        if not self.path.is_file():
+            raise NoDataError("no outcome store yet: nothing has been recorded")
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the outcome store: {exc}") from exc
+        with closing(conn):
+            try:
+                conn.execute("BEGIN")
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails here if it is not SQLite
+            except sqlite3.DatabaseError as exc:
+                raise StoreFormatError(f"the outcome store is not a SQLite database ({exc})") from exc
+            try:
+                yield SQLiteSnapshot(conn)
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc) or "no such column" in str(exc):
+                    raise NoDataError(f"the file is not an outcome store (yet): {exc}") from exc
+                raise StoreError(f"cannot read the outcome store: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreFormatError(f"the outcome store cannot be read: {exc}") from exc
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        """A new connection to the store file with the store's settings (WAL, synchronous=NORMAL, busy timeout)."""
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=check_same_thread, timeout=self._busy_timeout_ms / 1000
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+
+class SQLiteSnapshot:
+    """PhaseSnapshot over one read transaction of a SQLite store (see router.store.reader)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The read-only connection, inside the snapshot's transaction (for ad-hoc SQL and tests)."""
+        return self._conn
+
+    def phases(self) -> tuple[int, ...]:
+        return tuple(int(row[0]) for row in self._conn.execute("SELECT phase FROM phases ORDER BY phase"))
+
+    def phase(self, number: int | None) -> PhaseRecord:
+        phases = self.phases()
+        if not phases:
+            raise NoDataError("no phase recorded yet: the router has not started on this store")
+        chosen = phases[-1] if number is None else number
+        if chosen not in phases:
+            raise NoDataError(f"phase {chosen} is not in the store (phases: {', '.join(map(str, phases))})")
+        row = self._conn.execute(
+            "SELECT phase, experiment, started_at, config_key, config_json FROM phases WHERE phase = ?", (chosen,)
+        ).fetchone()
+        return PhaseRecord(int(row[0]), str(row[1]), float(row[2]), str(row[3]), _json_object(row[4], "config"))
+
+    def strategies(self, phase: int) -> tuple[str, ...]:
+        sql = "SELECT DISTINCT strategy FROM exposures WHERE phase = ? ORDER BY strategy"
+        return tuple(str(row[0]) for row in self._conn.execute(sql, (phase,)))
+
+    def time_range(self, phase: int) -> tuple[float, float] | None:
+        row = self._conn.execute("SELECT MIN(ts), MAX(ts) FROM exposures WHERE phase = ?", (phase,)).fetchone()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
+    def unit_totals(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> UnitTotals:
+        column, marks = _group_column(by), _marks(assignments)
+        rows = self._conn.execute(
+            f"""
+            SELECT e.user_id, e.{column}, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
+                   SUM(c.request_id IS NOT NULL)
+            FROM exposures AS e
+            LEFT JOIN (SELECT DISTINCT request_id FROM feedback WHERE phase = ? AND event = 'click') AS c
+                   ON c.request_id = e.request_id
+            WHERE e.phase = ? AND e.assignment IN ({marks})
+            GROUP BY e.user_id, e.{column}
+            ORDER BY e.{column}, e.user_id
+            """,
+            (phase, phase, *assignments),
+        ).fetchall()
+        variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
+        user_codes: dict[str, int] = {}
+        pair_index: dict[tuple[str, str], int] = {}
+        for index, row in enumerate(rows):
+            user_codes.setdefault(row[0], len(user_codes))
+            pair_index[(row[0], row[1])] = index
+        count = len(rows)
+        events: dict[str, NDArray[np.int64]] = {}
+        values: dict[str, NDArray[np.float64]] = {}
+        feedback = self._conn.execute(
+            f"""
+            SELECT e.user_id, e.{column}, f.event, COUNT(*), TOTAL(f.value)
+            FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
+            WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
+            GROUP BY e.user_id, e.{column}, f.event
+            """,
+            (phase, phase, *assignments),
+        )
+        for user_id, variant, event, n, total in feedback:
+            index = pair_index[(user_id, variant)]
+            events.setdefault(event, np.zeros(count, np.int64))[index] = n
+            values.setdefault(event, np.zeros(count, np.float64))[index] = total
+        return UnitTotals(
+            variants=variants,
+            user=np.fromiter((user_codes[row[0]] for row in rows), np.int64, count),
+            variant=np.fromiter((variants.index(str(row[1])) for row in rows), np.int64, count),
+            exposures=np.fromiter((row[2] for row in rows), np.int64, count),
+            errors=np.fromiter((row[3] for row in rows), np.int64, count),
+            clicked=np.fromiter((row[4] for row in rows), np.int64, count),
+            events=events,
+            values=values,
+        )
+
+    def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
+        sql = "SELECT assignment, COUNT(*) FROM exposures WHERE phase = ? GROUP BY assignment ORDER BY assignment"
+        return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
+
+    def feedback_by_assignment(self, phase: int) -> Mapping[str, int]:
+        sql = "SELECT assignment, COUNT(*) FROM feedback WHERE phase = ? GROUP BY assignment ORDER BY assignment"
+        return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
+
+    def users_in_several_variants(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> int:
+        column = _group_column(by)
+        row = self._conn.execute(
+            f"""SELECT COUNT(*) FROM (
+                    SELECT user_id FROM exposures WHERE phase = ? AND assignment IN ({_marks(assignments)})
+                    GROUP BY user_id HAVING COUNT(DISTINCT {column}) > 1)""",
+            (phase, *assignments),
+        ).fetchone()
+        return int(row[0])
+
+    def latency_percentiles(
+        self, phase: int, *, by: GroupBy, assignments: Sequence[str], quantiles: Sequence[float]
+    ) -> Mapping[str, tuple[float, ...]]:
+        column, marks = _group_column(by), _marks(assignments)
+        where = f"phase = ? AND assignment IN ({marks}) AND {column} = ?"
+        counts = self._conn.execute(
+            f"SELECT {column}, COUNT(*) FROM exposures WHERE phase = ? AND assignment IN ({marks}) GROUP BY {column}",
+            (phase, *assignments),
+        ).fetchall()
+        result: dict[str, tuple[float, ...]] = {}
+        for variant, n in counts:
+            picked = []
+            for q in quantiles:
+                position = q * (n - 1)
+                low = math.floor(position)
+                pair = [
+                    float(r[0])
+                    for r in self._conn.execute(
+                        f"SELECT latency_ms FROM exposures WHERE {where} ORDER BY latency_ms LIMIT 2 OFFSET ?",
+                        (phase, *assignments, variant, low),
+                    )
+                ]
+                upper = pair[1] if len(pair) > 1 else pair[0]
+                picked.append(pair[0] + (upper - pair[0]) * (position - low))
+            result[str(variant)] = tuple(picked)
+        return result
+
+    def latency_range(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> tuple[float, float] | None:
+        row = self._conn.execute(
+            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures WHERE phase = ? AND assignment IN "
+            f"({_marks(assignments)})",
+            (phase, *assignments),
+        ).fetchone()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
+    def latency_histogram(
+        self, phase: int, *, by: GroupBy, assignments: Sequence[str], edges: NDArray[np.float64]
+    ) -> Mapping[str, NDArray[np.int64]]:
+        column = _group_column(by)
+        inner = [float(edge) for edge in edges[1:-1]]
+        # Bin i holds edges[i] <= x < edges[i+1]; the last bin also holds the top edge (numpy's rule), and
+        # values outside the range are clipped into the first or last bin.
+        bins = " + ".join(f"(latency_ms >= {edge!r})" for edge in inner) or "0"
+        rows = self._conn.execute(
+            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures
+                WHERE phase = ? AND assignment IN ({_marks(assignments)}) GROUP BY {column}, bin""",
+            (phase, *assignments),
+        )
+        result: dict[str, NDArray[np.int64]] = {}
+        for variant, bin_index, n in rows:
+            counts = result.setdefault(str(variant), np.zeros(len(edges) - 1, np.int64))
+            counts[int(bin_index)] += int(n)
+        return result
+
+    def timeline(self, phase: int, *, by: GroupBy, assignments: Sequence[str], buckets: int) -> Mapping[str, Timeline]:
+        span = self.time_range(phase)
+        if span is None:
+            return {}
+        first, last = span
+        width = max((last - first) / buckets, 1e-9)
+        column, marks = _group_column(by), _marks(assignments)
+        rows = self._conn.execute(
+            f"""
+            SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*),
+                   SUM(c.request_id IS NOT NULL)
+            FROM exposures AS e
+            LEFT JOIN (SELECT DISTINCT request_id FROM feedback WHERE phase = ? AND event = 'click') AS c
+                   ON c.request_id = e.request_id
+            WHERE e.phase = ? AND e.assignment IN ({marks})
+            GROUP BY e.{column}, bucket
+            """,
+            (first, width, buckets - 1, phase, phase, *assignments),
+        )
+        exposures: dict[str, NDArray[np.int64]] = {}
+        clicked: dict[str, NDArray[np.int64]] = {}
+        for variant, bucket, n, c in rows:
+            exposures.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = n
+            clicked.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = c
+        ends = first + width * np.arange(1, buckets + 1, dtype=np.float64)
+        return {
+            name: Timeline(ends, np.cumsum(exposures[name]), np.cumsum(clicked[name])) for name in sorted(exposures)
+        }
+
+    def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
+        sql = "SELECT variant, info_json FROM variant_info WHERE phase = ? ORDER BY variant"
+        return {
+            str(variant): _json_object(text, f"variant_info of {variant}")
+            for variant, text in self._conn.execute(sql, (phase,))
+        }
+
+
+def _group_column(by: GroupBy) -> str:
+    if by not in ("variant", "assigned_variant"):
+        raise ValueError(f"cannot group exposures by {by!r}")
+    return by
+
+
+def _marks(values: Sequence[str]) -> str:
+    if not values:
+        raise ValueError("no assignments selected")
+    return ", ".join("?" * len(values))
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreFormatError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise StoreFormatError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short label for a SQLite failure: locked, readonly, full, io, corrupt, moved or other."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if isinstance(exc, StoreFileMovedError):
+        return "moved"
+    if "BUSY" in name or "LOCKED" in name or "locked" in text or "busy" in text:
+        return "locked"
+    if "READONLY" in name or "readonly" in text or "read-only" in text:
+        return "readonly"
+    if "FULL" in name or "full" in text:
+        return "full"
+    if "IOERR" in name or "disk i/o" in text:
+        return "io"
+    if "CORRUPT" in name or "NOTADB" in name or "malformed" in text:
+        return "corrupt"
+    return "other"

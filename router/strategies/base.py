@@ -1,0 +1,53 @@
+"""What every strategy is: it assigns a unit to a variant, says with what probability, and may learn.
+
+    assignment = strategy.assign("42")      # Assignment(variant='model_a', propensity=0.5)
+    strategy.unit                            # 'user': what is randomised, and so what the report analyses
+    strategy.observe(feedback)               # adaptive strategies learn from outcomes; hash and random ignore it
+
+The propensity is logged on every exposure. Analyses that reweight by it (off-policy evaluation, adaptive
+designs) are only as honest as it is exact, so a strategy returns the probability it actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+#: What a strategy randomises: each user once (sticky), or each request.
+Unit = Literal["user", "request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A strategy's choice for one unit: the variant, and the probability with which it was chosen."""
+
+    variant: str
+    propensity: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A feedback event attributed to an exposure, as a strategy sees it."""
+
+    variant: str
+    user_id: str
+    event: str
+    value: float | None
+
+
+class Strategy(Protocol):
+    """How a unit (a user, or a request) gets a variant."""
+
+    @property
+    def name(self) -> str:
+        """The strategy's config name, recorded on every exposure."""
+
+    @property
+    def unit(self) -> Unit:
+        """The unit of randomisation, and so the report's unit of analysis."""
+
+    def assign(self, unit_id: str) -> Assignment:
+        """The variant that serves `unit_id`, with the probability of that choice."""
+
+    def observe(self, outcome: Outcome) -> None:
+        """Learn from an outcome (adaptive strategies); the others do nothing."""

@@ -1,0 +1,82 @@
+"""Store fixtures: records built by keyword, and the backends every contract test runs against.
+
+A new backend joins the contract suite by adding its factory to BACKENDS (PostgreSQL: a real server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from router.store import Exposure, Feedback, SQLiteBackend, StoreBackend
+
+BackendFactory = Callable[[], StoreBackend]
+
+
+def exposure(
+    n: int,
+    *,
+    user: str | None = None,
+    phase: int = 1,
+    status: int = 200,
+    ts: float | None = None,
+    variant: str | None = None,
+    assignment: str = "strategy",
+) -> Exposure:
+    served = variant or ("model_a" if n % 2 else "model_b")
+    return Exposure(
+        ts=1_700_000_000.0 + n if ts is None else ts,
+        request_id=f"{n:032x}",
+        experiment="rec-ab",
+        phase=phase,
+        user_id=user or f"u{n}",
+        variant=served,
+        assigned_variant=served,
+        strategy="hash",
+        assignment=assignment,
+        propensity=None if assignment == "override" else 0.5,
+        status=status,
+        latency_ms=1.5 + n % 7,
+        k=3,
+        items=(n, n + 1, n + 2) if status == 200 else (),
+        error=None if status == 200 else "timeout",
+    )
+
+
+def feedback_for(seen: Exposure, item: int, *, event: str = "click", value: float | None = None) -> Feedback:
+    return Feedback(
+        ts=seen.ts + 1,
+        request_id=seen.request_id,
+        experiment=seen.experiment,
+        phase=seen.phase,
+        user_id=seen.user_id,
+        variant=seen.variant,
+        assignment=seen.assignment,
+        item_id=item,
+        position=list(seen.items).index(item) if item in seen.items else None,
+        event=event,
+        value=value,
+        attributed_by="request_id",
+    )
+
+
+def sqlite_backend(tmp_path: Path) -> BackendFactory:
+    counter = iter(range(1_000))
+    return lambda: SQLiteBackend(tmp_path / f"store-{next(counter)}" / "outcomes.sqlite3", busy_timeout_ms=50)
+
+
+@pytest.fixture(params=["sqlite"])
+def new_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendFactory]:
+    """A factory of fresh, unopened backends of one kind (each call: a new, empty store)."""
+    opened: list[StoreBackend] = []
+
+    def make() -> StoreBackend:
+        backend = sqlite_backend(tmp_path)()
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()

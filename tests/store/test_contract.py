@@ -1,0 +1,130 @@
+"""What every outcome store backend must do, stated once and run against each backend (tests/store/conftest.py).
+
+A backend is a StoreBackend (router.store.backend): open or migrate its schema, agree on phases, write a batch
+as one transaction, find exposures, classify its engine's errors, and serve the report a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from router.errors import NoDataError
+from router.store import StoreBackend, VariantInfo
+from tests.store.conftest import BackendFactory, exposure, feedback_for
+
+
+@pytest.fixture
+def backend(new_backend: BackendFactory) -> StoreBackend:
+    opened = new_backend()
+    opened.open()
+    return opened
+
+
+def test_open_is_idempotent_and_keeps_what_was_written(new_backend: BackendFactory) -> None:
+    backend = new_backend()
+    backend.open()
+    backend.write([exposure(1)])
+    backend.open()  # a restart opens an existing store: nothing is recreated or lost
+    assert backend.find_exposure(exposure(1).request_id) == exposure(1)
+
+
+def test_written_records_come_back_field_for_field(backend: StoreBackend) -> None:
+    seen = exposure(7)
+    backend.write([seen, feedback_for(seen, 8), VariantInfo(phase=1, variant="model_a", info={"a": 1}, fetched_at=2.0)])
+    assert backend.find_exposure(seen.request_id) == seen
+    assert backend.find_exposure("f" * 32) is None
+
+
+def test_a_batch_is_all_or_nothing(backend: StoreBackend) -> None:
+    backend.write([exposure(1)])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - each engine raises its own error type
+        backend.write([exposure(2), exposure(1)])  # the second repeats a request id: the batch fails whole
+    failure = backend.classify(raised.value)
+    assert failure is not None and failure.poison and failure.kind == "constraint"
+    assert backend.find_exposure(exposure(2).request_id) is None
+
+
+def test_errors_that_are_not_the_engines_are_not_classified(backend: StoreBackend) -> None:
+    assert backend.classify(KeyError("a bug of ours")) is None
+
+
+def test_phases_continue_on_the_same_key_and_advance_on_a_change(backend: StoreBackend) -> None:
+    assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (1, True)
+    assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (1, False)  # a restart: same phase
+    assert backend.start_phase("rec-ab", "key-b", {"salt": "2"}) == (2, True)
+    assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (3, True)  # back again is a new stretch
+    assert backend.start_phase("other", "key-a", {"salt": "1"}) == (4, True)
+    with backend.snapshot() as snapshot:
+        assert snapshot.phases() == (1, 2, 3, 4)
+        assert snapshot.phase(2).config == {"salt": "2"}
+        assert snapshot.phase(None).experiment == "other"
+
+
+def test_the_latest_exposure_is_the_latest_to_arrive_and_successful(backend: StoreBackend) -> None:
+    late = exposure(1, user="alice", ts=200.0)
+    early = exposure(2, user="alice", ts=100.0)  # written after `late`, but it arrived first
+    failed = exposure(3, user="alice", ts=300.0, status=504)
+    backend.write([late, early, failed])
+    assert backend.latest_exposure("alice", 1) == late
+    assert backend.latest_exposure("alice", 2) is None
+    assert backend.latest_exposure("bob", 1) is None
+
+
+def test_a_snapshot_of_an_empty_store_says_there_is_no_data(backend: StoreBackend) -> None:
+    with pytest.raises(NoDataError), backend.snapshot() as snapshot:
+        snapshot.phase(None)
+
+
+def test_unit_totals_count_what_was_written(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {"strategy": "hash"})
+    shown = [exposure(n, user=f"u{n % 3}", variant="model_a" if n % 3 else "model_b") for n in range(12)]
+    failed = exposure(99, user="u1", variant="model_a", status=504)
+    override = exposure(100, user="u2", variant="model_a", assignment="override")
+    backend.write([*shown, failed, override])
+    backend.write([feedback_for(shown[0], shown[0].items[0]), feedback_for(shown[0], shown[0].items[1])])
+    backend.write([feedback_for(shown[4], shown[4].items[0], event="rating", value=4.0)])
+    backend.write([feedback_for(shown[4], shown[4].items[1], event="rating", value=2.0)])
+    with backend.snapshot() as snapshot:
+        totals = snapshot.unit_totals(1, by="variant", assignments=("strategy",))
+        assert set(totals.variants) == {"model_a", "model_b"}
+        assert int(totals.exposures.sum()) == 13  # 12 shown + 1 failed; the override is not selected
+        assert int(totals.errors.sum()) == 1
+        assert int(totals.clicked.sum()) == 1  # two clicks on one list count once
+        b = totals.of("model_b")
+        assert int(totals.exposures[b].sum()) == 4 and int(totals.clicked[b].sum()) == 1
+        assert np.unique(totals.user[totals.of("model_a")]).size == 2
+        assert int(totals.events["rating"].sum()) == 2 and float(totals.values["rating"].sum()) == 6.0
+        assert snapshot.exposures_by_assignment(1) == {"override": 1, "strategy": 13}
+        assert snapshot.feedback_by_assignment(1) == {"strategy": 4}
+        assert snapshot.users_in_several_variants(1, by="variant", assignments=("strategy",)) == 0
+        assert snapshot.strategies(1) == ("hash",)
+        assert snapshot.time_range(1) == (shown[0].ts, override.ts)
+
+
+def test_latency_percentiles_match_numpy(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {})
+    rng = np.random.default_rng(3)
+    rows = [replace(exposure(n, variant="model_a"), latency_ms=float(rng.lognormal())) for n in range(101)]
+    backend.write(rows)
+    expected = np.percentile([r.latency_ms for r in rows], [50, 95, 99])
+    with backend.snapshot() as snapshot:
+        found = snapshot.latency_percentiles(1, by="variant", assignments=("strategy",), quantiles=(0.5, 0.95, 0.99))
+        assert found["model_a"] == pytest.approx(tuple(expected))
+        low, high = snapshot.latency_range(1, by="variant", assignments=("strategy",)) or (0.0, 0.0)
+        edges = np.geomspace(low, high, 11)
+        counts = snapshot.latency_histogram(1, by="variant", assignments=("strategy",), edges=edges)
+        assert counts["model_a"].tolist() == np.histogram([r.latency_ms for r in rows], bins=edges)[0].tolist()
+
+
+def test_timeline_is_cumulative(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {})
+    shown = [exposure(n, variant="model_a", ts=1000.0 + n) for n in range(10)]
+    backend.write([*shown, feedback_for(shown[9], shown[9].items[0])])
+    with backend.snapshot() as snapshot:
+        series = snapshot.timeline(1, by="variant", assignments=("strategy",), buckets=5)["model_a"]
+    assert series.exposures.tolist() == [2, 4, 6, 8, 10]
+    assert series.clicked.tolist() == [0, 0, 0, 0, 1]
+    assert series.ends[-1] == pytest.approx(1009.0)

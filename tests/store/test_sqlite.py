@@ -1,0 +1,105 @@
+"""What only the SQLite backend does: WAL, the schema version, migrating a version-1 store, a moved file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from router.errors import StoreError, StoreFormatError
+from router.store import SQLiteBackend
+from router.store.schema import SCHEMA_VERSION
+from router.store.sqlite import StoreFileMovedError
+from tests.store.conftest import exposure
+
+V1_SCHEMA = Path(__file__).with_name("schema_v1.sql")
+
+
+def make_v1_store(path: Path) -> None:
+    """A store exactly as the version-1 router wrote it: its DDL, a hash phase at 30/70, rows of each kind."""
+    config = {
+        "experiment": "rec-ab",
+        "strategy": "hash",
+        "salt": "s",
+        "variants": [
+            {"name": "model_a", "url": "http://a", "weight": 30, "share": 0.3},
+            {"name": "model_b", "url": "http://b", "weight": 70, "share": 0.7},
+        ],
+    }
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA.read_text(encoding="utf-8"))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO phases VALUES (1, 'rec-ab', 1.0, 'key', ?)", (json.dumps(config),))
+        rows = [
+            ("r1", "model_a", "model_a", "strategy"),
+            ("r2", "model_b", "model_b", "strategy"),
+            ("r3", "model_a", "model_b", "fallback"),  # assigned model_b, served by model_a
+            ("r4", "model_b", "model_b", "override"),
+        ]
+        for request_id, variant, assigned, assignment in rows:
+            conn.execute(
+                "INSERT INTO exposures (ts, request_id, experiment, phase, user_id, variant, assigned_variant, "
+                "strategy, assignment, status, latency_ms, k, items, error) "
+                "VALUES (1.0, ?, 'rec-ab', 1, 'u', ?, ?, 'hash', ?, 200, 1.0, 3, '[1,2,3]', NULL)",
+                (request_id, variant, assigned, assignment),
+            )
+
+
+def test_a_version_1_store_is_migrated_on_open_with_true_propensities(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    make_v1_store(path)
+    backend = SQLiteBackend(path)
+    backend.open()
+    try:
+        with sqlite3.connect(path) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            propensities = dict(conn.execute("SELECT request_id, propensity FROM exposures"))
+        assert version == str(SCHEMA_VERSION) == "2"
+        # The assigned variant's configured share; overrides were never randomised.
+        assert propensities == {"r1": 0.3, "r2": 0.7, "r3": 0.7, "r4": None}
+        found = backend.find_exposure("r3")
+        assert found is not None and found.propensity == 0.7 and found.assigned_variant == "model_b"
+        backend.write([exposure(1)])  # and it keeps working as a version-2 store
+        assert backend.find_exposure(exposure(1).request_id) == exposure(1)
+    finally:
+        backend.close()
+
+
+def test_a_store_newer_than_the_router_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    SQLiteBackend(path).open()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 999"):
+        SQLiteBackend(path).open()
+
+
+def test_the_store_runs_in_wal_mode(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "outcomes.sqlite3")
+    backend.open()
+    backend.write([exposure(1)])
+    with sqlite3.connect(backend.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    backend.close()
+
+
+def test_a_replaced_store_file_is_noticed_before_writing(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "outcomes.sqlite3")
+    backend.open()
+    backend.write([exposure(1)])
+    os.replace(backend.path, tmp_path / "moved.sqlite3")
+    with pytest.raises(StoreFileMovedError) as raised:
+        backend.write([exposure(2)])
+    failure = backend.classify(raised.value)
+    assert failure is not None and failure.kind == "moved" and not failure.poison
+    backend.close()
+
+
+def test_a_file_that_is_not_sqlite_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    path.write_text("this is not a database\n" * 100)
+    with pytest.raises(StoreFormatError, match="not a SQLite database"), SQLiteBackend(path).snapshot():
+        pass
