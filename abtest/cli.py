@@ -113,7 +113,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what in ("store", "all"):
         store.run(args.results_dir)
     if args.what in ("router", "all"):
-        router.run(args.results_dir, rounds=args.rounds, seconds=args.seconds, soak_seconds=args.soak_seconds)
+        router.run(
+            args.results_dir,
+            rounds=args.rounds,
+            seconds=args.seconds,
+            soak_seconds=args.soak_seconds,
+            baseline=args.baseline,
+        )
     return 0
 
 
@@ -168,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
     bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")
     bench.add_argument("--soak-seconds", type=float, default=60.0, help="router: full-load run for the RSS check")
+    bench.add_argument(
+        "--baseline", type=Path, help="router: also run the router from this checkout (e.g. a git worktree of main)"
+    )
     bench.add_argument("--results-dir", type=Path, default=_results_dir())
     bench.set_defaults(run=_cmd_bench)
     return parser

@@ -2,8 +2,8 @@
 
 Used by `abtest up`, the benchmark and the tests, so all three start services the same way.
 
-    >>> proc = start_service(["python", "-m", "model_a", "--port", "8001"], log=sys.stderr)  # doctest: +SKIP
-    >>> wait_healthy("http://127.0.0.1:8001", proc, timeout=60)  # doctest: +SKIP
+    proc = start_service(["python", "-m", "model_a", "--port", "8001"], log=sys.stderr)
+    wait_healthy("http://127.0.0.1:8001", proc, timeout=60)
 """
 
 from __future__ import annotations

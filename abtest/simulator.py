@@ -5,8 +5,8 @@ affinity), never from the models, so the better model really earns more clicks. 
 randomness is seeded by (seed, request number), so under the hash strategy a run is reproducible
 whatever the concurrency.
 
-    >>> summary = run_simulation(SimulationConfig(url="http://127.0.0.1:8080", requests=500))  # doctest: +SKIP
-    >>> summary.exposures  # doctest: +SKIP
+    summary = run_simulation(SimulationConfig(url="http://127.0.0.1:8080", requests=500))
+    summary.exposures
     500
 
 It talks only to the URL it is given: `GET {url}/recommend/{user_id}?k=K` and `POST {url}/feedback`.

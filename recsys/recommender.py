@@ -6,8 +6,8 @@ Training uses the real libraries (scikit-learn, Surprise); serving is numpy, bec
 per-pair `predict` over every item would be a Python loop per request. Items a user already rated are
 never recommended; an unknown user gets the most popular items (`cold_start`).
 
-    >>> model = FactorModel.load(Path("models/model_a"))  # doctest: +SKIP
-    >>> model.recommend("42", k=3)  # doctest: +SKIP
+    model = FactorModel.load(Path("models/model_a"))
+    model.recommend("42", k=3)
     Recommendation(items=[50, 181, 100], scores=[...], cold_start=False)
 """
 

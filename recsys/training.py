@@ -1,7 +1,7 @@
 """Train a model, measure it on the holdout, and write its artefact with metadata.
 
-    >>> from model_a import model                                   # doctest: +SKIP
-    >>> train_and_save(model, Path("models"))                       # doctest: +SKIP
+    from model_a import model
+    train_and_save(model, Path("models"))
 
 Each model package (`model_a`, `model_b`) has a `model` module that is a `Trainer` (NAME, ALGORITHM, LIBRARY,
 PARAMS, PREDICTS_RATINGS and `train(data, split, seed=...) -> FactorModel`); this module does the rest once.

@@ -17,7 +17,7 @@ import logging
 import re
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from recsys.contract import DEFAULT_K, MAX_K, USER_ID_PATTERN
 from router.errors import RequestRefusedError, RouterError
@@ -62,12 +62,36 @@ class RecommendFastPath:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # lifespan (and websockets, which the router has none of)
+            return
+        if scope["method"] == "GET" and scope["path"].startswith(PREFIX):
             parsed = parse_recommend(scope)
             if parsed is not None:
                 await self._serve(scope, send, *parsed)
                 return
-        await self.api(scope, receive, send)
+        await self._pass_on(scope, receive, send)
+
+    async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let FastAPI answer; catch what its error middleware re-raises after answering 500.
+
+        Starlette re-raises an unexpected error once its handler has sent the 500, so that the server logs it;
+        uvicorn then drops the connection under the client. The handler has logged it already, so here it ends.
+        """
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.api(scope, receive, tracked)
+        except Exception:
+            if not started:  # nothing was answered yet: answer like the app would
+                log.error("unhandled error", exc_info=True, extra={"path": scope["path"]})
+                await _send(send, internal_error_response())
 
     async def _serve(self, scope: Scope, send: Send, user_id: str, k: int) -> None:
         service = self.service
@@ -83,10 +107,14 @@ class RecommendFastPath:
         except Exception:  # this layer's outermost handler, like the app's: a JSON 500, details in the log only
             log.error("unhandled error", exc_info=True, extra={"path": scope["path"]})
             triple = internal_error_response()
-        status, headers, body = triple
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send(send, triple)
+
+
+async def _send(send: Send, triple: Triple) -> None:
+    status, headers, body = triple
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

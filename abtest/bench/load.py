@@ -2,7 +2,7 @@
 
 Every request asks for a different user id (cycling through `users`), so a hash split really splits.
 
-    >>> run_load("http://127.0.0.1:8001", connections=4, seconds=5)  # doctest: +SKIP
+    run_load("http://127.0.0.1:8001", connections=4, seconds=5)
     LoadResult(client='wrk', connections=4, requests=19512, errors=0, seconds=5.0, rps=3902.4, p50_ms=0.9, p99_ms=2.1)
 """
 

@@ -8,6 +8,11 @@ that the machine's noise hits them alike; the table shows medians over rounds an
 
 Targets (issue 7, this 2-core machine): router adds <= 1 ms to p50 over direct at 1 connection; router
 throughput >= 0.5 x nginx at 50 connections; router RSS flat (+-10%) across a 60 s run at full load.
+
+`baseline=PATH` adds another router target run from a checkout of an earlier commit (e.g. a `git worktree`),
+same config and backends, so a change's cost is measured in one run:
+
+    git worktree add /tmp/before <commit> && abtest bench router --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -72,8 +77,27 @@ def _memory_mib(pid: int) -> float:
     return float("nan")
 
 
+def _start_router(
+    stack: ExitStack, config: Path, results: Path, checkout: Path | None = None
+) -> tuple[str, subprocess.Popen[str]]:
+    """A router process on a free port (from `checkout` instead of this tree when given), healthy."""
+    port = free_port()
+    env = {"RESULTS_DIR": str(results), "ROUTER_LOG_LEVEL": "warning"}
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)  # ahead of the installed (editable) project on sys.path
+    router = start_service(
+        python_module("router", "--config", str(config), "--port", str(port)),
+        env=env,
+        log=subprocess.DEVNULL,
+        cwd=str(checkout) if checkout is not None else None,
+    )
+    stack.callback(stop_service, router)
+    wait_healthy(f"http://127.0.0.1:{port}", router, timeout=60)
+    return f"http://127.0.0.1:{port}", router
+
+
 @contextmanager
-def _services(folder: Path) -> Iterator[tuple[dict[str, Target], subprocess.Popen[str]]]:
+def _services(folder: Path, baseline: Path | None = None) -> Iterator[tuple[dict[str, Target], subprocess.Popen[str]]]:
     """Model servers, router and (if installed) nginx, all healthy; yields the targets and the router process."""
     models_dir = folder / "models"
     for name in MODEL_NAMES:
@@ -94,19 +118,14 @@ def _services(folder: Path) -> Iterator[tuple[dict[str, Target], subprocess.Pope
         config.write_text(
             yaml.safe_dump({"experiment": "bench", "strategy": "hash", "salt": "bench", "variants": variants})
         )
-        router_port = free_port()
-        router = start_service(
-            python_module("router", "--config", str(config), "--port", str(router_port)),
-            env={"RESULTS_DIR": str(folder / "results"), "ROUTER_LOG_LEVEL": "warning"},
-            log=subprocess.DEVNULL,
-        )
-        stack.callback(stop_service, router)
-        wait_healthy(f"http://127.0.0.1:{router_port}", router, timeout=60)
-
+        router_url, router = _start_router(stack, config, folder / "results")
         targets = {
             "direct": Target("direct", f"http://127.0.0.1:{ports['model_a']}"),
-            "router": Target("router", f"http://127.0.0.1:{router_port}"),
+            "router": Target("router", router_url),
         }
+        if baseline is not None:
+            baseline_url, _ = _start_router(stack, config, folder / "results-baseline", Path(baseline).resolve())
+            targets["baseline"] = Target("baseline", baseline_url)
         if shutil.which("nginx"):
             nginx_port = free_port()
             conf = folder / "nginx.conf"
@@ -131,9 +150,10 @@ def run(
     rounds: int = 3,
     seconds: float = 5.0,
     soak_seconds: float = 60.0,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     """Measure, print the table, write results/bench-router.json; returns what it wrote."""
-    with tempfile.TemporaryDirectory() as tmp, _services(Path(tmp)) as (targets, router):
+    with tempfile.TemporaryDirectory() as tmp, _services(Path(tmp), baseline) as (targets, router):
         for target in targets.values():
             run_load(target.url, connections=10, seconds=2)  # warm-up: pools, caches, JIT-free but lazy imports
         runs: dict[tuple[str, int], list[LoadResult]] = {}
@@ -208,6 +228,10 @@ def _ratios(rows: list[dict[str, Any]], levels: tuple[int, ...]) -> dict[str, An
         }
         if ("nginx", level) in by:
             entry["router_over_nginx_rps"] = round(router["rps"] / by[("nginx", level)]["rps"], 3)
+        if ("baseline", level) in by:
+            before = by[("baseline", level)]
+            entry["router_over_baseline_rps"] = round(router["rps"] / before["rps"], 3)
+            entry["router_minus_baseline_p50_ms"] = round(router["p50_ms"] - before["p50_ms"], 3)
         ratios[str(level)] = entry
     return ratios
 
@@ -227,6 +251,11 @@ def format_table(report: dict[str, Any]) -> str:
         parts.append(f"router/direct req/s {entry['router_over_direct_rps']:.2f}")
         if "router_over_nginx_rps" in entry:
             parts.append(f"router/nginx req/s {entry['router_over_nginx_rps']:.2f}")
+        if "router_over_baseline_rps" in entry:
+            parts.append(
+                f"router/baseline req/s {entry['router_over_baseline_rps']:.2f}, "
+                f"p50 {entry['router_minus_baseline_p50_ms']:+.2f} ms"
+            )
         lines.append(f"{level:>3} conn: " + "; ".join(parts))
     memory = report.get("router_memory")
     if memory:

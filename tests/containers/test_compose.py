@@ -36,7 +36,7 @@ def bind_mounts(name: str) -> dict[str, str]:
 
 def image_env(name: str) -> dict[str, str]:
     """The ENV values a service's Dockerfile sets (`KEY=value` pairs)."""
-    env = {}
+    env: dict[str, str] = {}
     for instruction in instructions(SERVICE_DOCKERFILES[name]):
         if instruction.keyword == "ENV":
             env.update(re.findall(r"(\w+)=(\S+)", instruction.arguments))

@@ -7,6 +7,7 @@ backends received is asserted from their own recordings; a canary listener must 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -57,7 +58,7 @@ def test_oversized_or_lying_bodies_are_refused_before_anything_reads_them(
 
 
 def test_oversized_chunked_body_without_a_length_is_refused_with_413(guarded: Guarded) -> None:
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for _ in range(8):
             yield b"x" * 16_384  # 128 KiB in all, twice the limit, never announced
 

@@ -74,7 +74,7 @@ class Traffic:
 
 
 def balanced(counters: dict[str, Any], recorded: int) -> bool:
-    return sum(counters["written"].values()) + sum(counters["lost"].values()) + counters["pending"] == recorded
+    return bool(sum(counters["written"].values()) + sum(counters["lost"].values()) + counters["pending"] == recorded)
 
 
 def wait_balanced(url: str, traffic: Traffic) -> dict[str, Any]:

@@ -82,5 +82,5 @@ def simulate(
     probabilities = click_probabilities(model, affinities, propensity[user])
     item_clicks = rng.random(probabilities.shape) < probabilities
     bounds = np.searchsorted(experiment, np.arange(experiments + 1))
-    clicked = item_clicks.any(axis=1).astype(np.int64)
+    clicked = np.asarray(item_clicks.any(axis=1), dtype=np.int64)
     return Batch(experiment, user, arm, item_clicks, clicked, bounds.astype(np.int64))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from abtest.processes import free_port
 from router.fastpath import parse_recommend
+from router.strategies import Assignment, Outcome, Unit
 from tests.router.conftest import (
     AB,
     Backend,
@@ -510,6 +512,36 @@ def test_requests_outside_the_fast_path_are_answered_the_same(tmp_path: Path, ba
             ]
             * 2
         )
+
+
+class ExplodingStrategy:
+    """A strategy with a bug: every assignment raises something no handler expects."""
+
+    name = "hash"
+    unit: Unit = "user"
+
+    def assign(self, unit_id: str) -> Assignment:
+        raise RuntimeError("a bug in a strategy")
+
+    def observe(self, outcome: Outcome) -> None:
+        """Nothing to learn."""
+
+
+def test_an_unexpected_error_is_the_same_json_500_on_the_fast_path_and_through_fastapi(
+    tmp_path: Path, backends: dict[str, Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        live = router.service.live
+        router.service._live = replace(live, strategy=ExplodingStrategy())
+        fast = router.client.get("/recommend/alice")  # plainly valid: the fast path serves it
+        slow = router.client.get("/recommend/alice", params={"utm": "x"})  # an extra parameter: FastAPI does
+        router.service._live = live
+        assert router.client.get("/recommend/alice").status_code == 200  # and the router is fine afterwards
+    for answer in (fast, slow):
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"detail": "internal error in the router"}  # no detail of the bug leaks
+    assert sum("unhandled error" in r.getMessage() and r.exc_info is not None for r in caplog.records) == 2
 
 
 def test_a_full_store_queue_refuses_feedback_and_counts_lost_exposures(

@@ -10,14 +10,13 @@ import pytest
 import yaml
 
 from router.config import (
-    ConfigError,
-    ConfigFileError,
     ExperimentConfig,
     RouterSettings,
     build_config,
     load_config,
     phase_key,
 )
+from router.errors import ConfigError, ConfigFileError
 
 BASE: dict[str, Any] = {
     "experiment": "rec-ab",
