@@ -10,12 +10,15 @@ thread never touches Prometheus objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.shadow import ShadowStats
 
 #: Feedback events with their own label value; any other event name is counted as "other".
 KNOWN_EVENTS = frozenset({"click", "watch", "rating", "purchase", "like", "dislike", "skip", "add_to_list"})
@@ -53,6 +56,48 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "router_events_pending_limit", "Queue size at which feedback is refused.", value=stats["max_pending"]
         )
+
+
+class ShadowCollector(Collector):
+    """Reads each shadow dispatcher's counters when Prometheus scrapes (`ShadowPool.stats`, by shadow name).
+
+    metrics.registry.register(ShadowCollector(pool.stats))
+    """
+
+    def __init__(self, stats: Callable[[], Mapping[str, ShadowStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        calls = CounterMetricFamily(
+            "router_shadow_calls",
+            "Shadow calls by shadow and outcome: completed, an error kind (timeout, unavailable, bad_response, "
+            "internal), dropped (queue full or closed) or abandoned (at shutdown).",
+            labels=["shadow", "outcome"],
+        )
+        submitted = CounterMetricFamily(
+            "router_shadow_submitted", "Shadow calls submitted (accepted or dropped).", labels=["shadow"]
+        )
+        sink_errors = CounterMetricFamily(
+            "router_shadow_record_errors", "Finished shadow calls the recorder failed on.", labels=["shadow"]
+        )
+        in_flight = GaugeMetricFamily("router_shadow_in_flight", "Shadow calls running now.", labels=["shadow"])
+        queued = GaugeMetricFamily("router_shadow_queued", "Shadow calls waiting for a free slot.", labels=["shadow"])
+        for name, shadow in stats.items():
+            submitted.add_metric([name], shadow.submitted)
+            calls.add_metric([name, "completed"], shadow.completed)
+            for kind, count in shadow.failed.items():
+                calls.add_metric([name, kind], count)
+            calls.add_metric([name, "dropped"], shadow.dropped)
+            calls.add_metric([name, "abandoned"], shadow.abandoned)
+            sink_errors.add_metric([name], shadow.callback_errors)
+            in_flight.add_metric([name], shadow.in_flight)
+            queued.add_metric([name], shadow.queued)
+        yield submitted
+        yield calls
+        yield sink_errors
+        yield in_flight
+        yield queued
 
 
 class Metrics:
