@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from router.config import ConfigError, build_config
+from router.config import build_config
+from router.errors import ConfigError
 from router.shadow import parse_shadows
 
 #: The config key that lists the shadows.

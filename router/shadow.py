@@ -32,7 +32,8 @@ from typing import Any
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from router.config import VARIANT_NAME_PATTERN, Variant
-from router.proxy import BackendClient, BackendError
+from router.errors import BackendError
+from router.proxy import BackendClient
 from router.strategies import unit_point
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ class ShadowDispatcher:
             async with asyncio.timeout(self._call_timeout):
                 items = tuple(await self._call(job))
         except BackendError as exc:
-            status, error = exc.status, exc.kind
+            status, error = exc.status_code, exc.kind
         except TimeoutError:  # the backstop fired; the backend client's own timeouts raise BackendTimeoutError
             status, error = 504, "timeout"
         except Exception:  # the outermost handler of a background task: a bug must not stop the worker

@@ -22,8 +22,8 @@ from starlette.background import BackgroundTask
 
 from router import shadow as shadow_module
 from router.config import Variant
+from router.errors import BackendTimeoutError, BackendUnavailableError, BadBackendResponseError
 from router.metrics import ShadowCollector
-from router.proxy import BackendTimeoutError, BackendUnavailableError, BadBackendResponseError
 from router.shadow import (
     INTERNAL_ERROR,
     ShadowDispatcher,
@@ -207,7 +207,7 @@ def test_shadow_membership_is_independent_of_the_ab_split_and_of_other_shadows()
     split = HashStrategy(bucket_ranges((("model_a", 0.5), ("model_b", 0.5))), salt="rec-ab-1")
     c = C.model_copy(update={"fraction": 0.2})
     d = D.model_copy(update={"fraction": 0.2})
-    arms = [split.assign(u) == "model_a" for u in users]
+    arms = [split.assign(u).variant == "model_a" for u in users]
     in_c = [is_shadowed(c, u) for u in users]
     in_d = [is_shadowed(d, u) for u in users]
     for left, right in ((arms, in_c), (in_c, in_d)):
