@@ -196,6 +196,24 @@ def test_latency_guardrail_with_the_controls_p99_rarely_stops_a_healthy_variant(
     assert result.harmful.mean() <= binomial_interval(EXPERIMENTS, 0.025)[1]
 
 
+def test_slow_share_against_the_controls_own_p99_has_an_honest_variance() -> None:
+    # The threshold is estimated from the control, so the control's share is 1 % by construction; its
+    # delta-method variance then stands for the threshold's estimation error. A single fixed-horizon look
+    # at an A/A shows it is the right size (neither inflated nor conservative).
+    rng = np.random.default_rng(20240619)
+    control, treatment = latencies(rng, USERS), latencies(rng, USERS)
+    threshold = np.quantile(control.reshape(EXPERIMENTS, -1), 0.99, axis=1)[:, None, None]
+    arms = [
+        moments(np.sum(x > threshold, axis=-1).astype(np.float64), np.full(x.shape[:2], 5.0))
+        for x in (control, treatment)
+    ]
+    rate = float(np.mean(difference_batch(arms[0], arms[1], Analysis(sequential=False)).significant))
+    low, high = binomial_interval(EXPERIMENTS, 0.05)
+
+    assert float(np.mean(arms[0].value)) == pytest.approx(0.01, abs=1e-4)
+    assert low <= rate <= high, f"A/A rejection rate {rate:.3f} outside [{low:.3f}, {high:.3f}]"
+
+
 def test_latency_guardrail_stops_a_variant_whose_tail_is_a_quarter_slower() -> None:
     rng = np.random.default_rng(20240618)
     result, _ = slow_shares(latencies(rng, USERS), latencies(rng, USERS, slowdown=1.25), margin=0.005)
