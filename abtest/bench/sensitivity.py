@@ -21,6 +21,7 @@ Target (issue 14): interleaving needs <= 1/10 of the users for 80 % power.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import special
 from scipy import stats as scipy_stats
 
 from recsys.clicks import ClickModel
@@ -43,7 +45,7 @@ from router.interleaving import merge
 from router.report.interleaving import UserCredits, compare_interleaved
 from router.report.stats import ALPHA, POWER, UnitCounts, compare_ctr
 
-DEFAULT_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)
+DEFAULT_GRID = (10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280)
 K = 10
 MAX_REQUESTS_PER_CHUNK = 400_000  # interleaved requests simulated at once (bounds memory: ~k floats each)
 
@@ -154,10 +156,15 @@ def ab_rates(
 
 @dataclass(frozen=True)
 class InterleavedRates:
-    """`Rates` of the fixed-horizon sign test and of the always-valid confidence sequence."""
+    """`Rates` of the fixed-horizon sign test and of the always-valid confidence sequence.
+
+    `attainable_size` is the sign test's exact false-positive rate under no preference, averaged over the
+    experiments' numbers of voting users: what an A/A run should measure (below alpha by discreteness).
+    """
 
     fixed: Rates
     sequential: Rates
+    attainable_size: float
 
 
 def interleaving_rates(
@@ -167,6 +174,7 @@ def interleaving_rates(
     per_experiment = 2 * users_per_arm
     batch = max(1, int(MAX_REQUESTS_PER_CHUNK // (per_experiment * users.mean_requests)))
     fixed, sequential = [0, 0], [0, 0]
+    sizes = []
     for start in range(0, experiments, batch):
         chunk = min(batch, experiments - start)
         control, treatment = _interleaved_credits(rng, arms, users, per_experiment * chunk)
@@ -174,11 +182,26 @@ def interleaving_rates(
             users_of_e = slice(e * per_experiment, (e + 1) * per_experiment)
             credits = UserCredits.of(control[users_of_e], treatment[users_of_e])
             result = compare_interleaved(arms.names[0], arms.names[1], credits, alpha=alpha)
+            sizes.append(sign_test_size(result.wins + result.losses, alpha))
             if result.significant and result.delta is not None:
                 fixed[int(result.delta.value > 0)] += 1
             if result.sequential is not None and result.sequential.p_value < alpha:
                 sequential[int(result.sequential.interval.value > 0)] += 1
-    return InterleavedRates(Rates(experiments, *fixed), Rates(experiments, *sequential))
+    return InterleavedRates(Rates(experiments, *fixed), Rates(experiments, *sequential), float(np.mean(sizes)))
+
+
+@functools.cache
+def sign_test_size(voting: int, alpha: float = ALPHA) -> float:
+    """P(the exact two-sided sign test rejects at `alpha`) with `voting` users and no preference.
+
+    >>> round(sign_test_size(20), 4)  # rejects at <= 5 or >= 15 wins of 20
+    0.0414
+    """
+    if voting == 0:
+        return 0.0
+    wins = np.arange(voting + 1)
+    p_values = np.minimum(1.0, 2.0 * special.bdtr(np.minimum(wins, voting - wins), voting, 0.5))
+    return float(scipy_stats.binom.pmf(wins, voting, 0.5)[p_values < alpha].sum())
 
 
 def _interleaved_credits(
@@ -317,6 +340,7 @@ def run(
                 "ab_false_positive_rate": aa_ab.named(None),
                 "interleaving_false_positive_rate": aa_interleaving.fixed.named(None),
                 "interleaving_sequential_false_positive_rate": aa_interleaving.sequential.named(None),
+                "interleaving_exact_size": aa_interleaving.attainable_size,
             }
         )
     figures: dict[str, Any] = {
@@ -377,7 +401,8 @@ def _table(figures: dict[str, Any]) -> str:
         lines.append(
             f"  {row['users_per_arm']:>5} users/arm: false positives A/B {row['ab_false_positive_rate']:.3f}, "
             f"interleaving {row['interleaving_false_positive_rate']:.3f} "
-            f"(always valid {row['interleaving_sequential_false_positive_rate']:.3f})"
+            f"(exact size of the sign test at these voters {row['interleaving_exact_size']:.3f}; "
+            f"always valid {row['interleaving_sequential_false_positive_rate']:.3f})"
         )
     lines.append(f"{figures['seconds']} s")
     return "\n".join(lines)
