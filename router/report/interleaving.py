@@ -293,7 +293,8 @@ def _sequential(
     p_value = always_valid_p_value(mean, variance, int(votes.size), alpha, tuning)
     if interval is None or p_value is None:  # unreachable after the checks above; keeps the None contract
         return None, "confidence sequence undefined"
-    return SequentialPreference(interval, p_value, tuning), None
+    bounded = Estimate(interval.value, max(interval.low, -1.0), min(interval.high, 1.0))  # Δ lies in [-1, 1]
+    return SequentialPreference(bounded, p_value, tuning), None
 
 
 def _with_verdicts(result: Preference) -> Preference:

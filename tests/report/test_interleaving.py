@@ -102,6 +102,12 @@ def test_compare_interleaved_verdicts() -> None:
     assert (
         weak.verdict == "no significant preference yet between model_a and model_b (Δ = +0.10 [-0.37, 0.54], p = 0.824)"
     )
+    assert strong.sequential is not None and strong.sequential.interval.high == 1.0  # clipped to Δ's range
+    assert strong.sequential_verdict.startswith("no always-valid preference yet between model_a and model_b")
+    many = compare_interleaved(A, B, UserCredits.of([0] * 1500 + [1] * 1000, [1] * 1500 + [0] * 1000))
+    assert many.sequential_verdict.startswith(
+        "users prefer model_b's recommendations at any stopping time: Δ = +0.20 ["
+    )
 
 
 def test_compare_interleaved_odd_data_gives_reasons_not_nan() -> None:
