@@ -75,10 +75,11 @@ def simulate_policy(
     success: (users, variants) click probability; visits: (runs, exposures) the visiting user; uniforms:
     (runs, exposures) the draw that decides the click (clicked = uniform < success); unit_points: each
     user's integer hash point, (runs, epochs, users) as `router.bandit.epoch_point` draws them, or (runs,
-    users) for one point in all epochs. Weights for epoch e come from the outcomes of epochs < e.
+    users) for one point in all epochs. `success` may also be (runs, users, variants): a population per run.
+    Weights for epoch e come from the outcomes of epochs < e.
     """
     runs, exposures = visits.shape
-    count = success.shape[1]
+    count = success.shape[-1]
     variant = np.zeros((runs, exposures), np.intp)
     propensity = np.zeros((runs, exposures))
     reward = np.zeros((runs, exposures))
@@ -97,7 +98,8 @@ def simulate_policy(
         users = visits[:, window]
         hashed = unit_points[:, number] if unit_points.ndim == 3 else unit_points
         chosen = assign_points(points, np.take_along_axis(hashed, users, axis=1))
-        probability = success[users, chosen]
+        per_run = success[np.arange(runs)[:, None], users] if success.ndim == 3 else success[users]
+        probability = np.take_along_axis(per_run, chosen[..., None], axis=-1)[..., 0]
         clicked = uniforms[:, window] < probability
         variant[:, window], epoch[:, window] = chosen, number
         propensity[:, window] = np.take_along_axis(points, chosen, axis=1) / POINTS
@@ -179,7 +181,7 @@ def run(
     seed: int = 7,
     replications: int = 20,
     epoch_exposures: int = 1000,
-    min_share: float = 0.01,
+    min_share: float = 0.05,
     epsilon: float = 0.1,
 ) -> dict[str, Any]:
     """Simulate the three strategies over the same traffic, print a table, write results_dir/bench-bandit.json."""

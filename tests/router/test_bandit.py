@@ -131,8 +131,8 @@ def test_probability_best_of_t_posteriors_matches_a_large_monte_carlo() -> None:
 def test_compute_epoch_is_deterministic_and_pinned() -> None:
     """Golden values: the same totals give the same points on every replica and every run."""
     totals = (VariantTotals(1000, 100), VariantTotals(1000, 130))
-    first = compute_epoch(ThompsonSettings(), 3, ("model_a", "model_b"), totals, NOW)
-    again = compute_epoch(ThompsonSettings(), 3, ("model_a", "model_b"), totals, NOW)
+    first = compute_epoch(ThompsonSettings(min_share=0.01), 3, ("model_a", "model_b"), totals, NOW)
+    again = compute_epoch(ThompsonSettings(min_share=0.01), 3, ("model_a", "model_b"), totals, NOW)
     assert first == again
     assert first.points == (178, 9822)
     assert first.probability_best == pytest.approx((0.01783, 0.98217), abs=1e-5)
@@ -141,7 +141,7 @@ def test_compute_epoch_is_deterministic_and_pinned() -> None:
     starved = compute_epoch(
         ThompsonSettings(), 9, ("a", "b"), (VariantTotals(5000, 100), VariantTotals(5000, 900)), NOW
     )
-    assert starved.points == (100, 9900)  # P(best) of a is ~0: the 1% floor holds exactly
+    assert starved.points == (500, 9500)  # P(best) of a is ~0: the default 5% floor holds exactly
 
 
 def test_epsilon_greedy_gives_the_best_mean_one_minus_epsilon_plus_its_even_share() -> None:
@@ -283,7 +283,8 @@ def test_totals_no_reward_could_produce_are_refused() -> None:
 def test_thompson_regret_is_below_a_third_of_a_fixed_split_on_a_bernoulli_bandit() -> None:
     """100 runs of 20,000 exposures, CTR 0.10 vs 0.12, epochs of 1,000; the same traffic for both policies.
 
-    The fixed split's regret is 20,000 x 0.02 / 2 = 200 per run; issue 15's target is Thompson <= 1/3 of it.
+    The fixed split's regret is 20,000 x 0.02 / 2 = 200 per run; issue 15's target is Thompson <= 1/3 of it
+    (the default 5% floor alone costs 0.05 x 20,000 x 0.02 = 20).
     (nodes=32: P(best) within 1/64, plenty for allocating traffic, and 100x cheaper than the default.)
     """
     runs, exposures = 100, 20_000
@@ -295,7 +296,7 @@ def test_thompson_regret_is_below_a_third_of_a_fixed_split_on_a_bernoulli_bandit
     for name, policy in (("thompson", ThompsonSettings()), ("fixed", (POINTS // 2, POINTS // 2))):
         sim = simulate_policy(policy, success, visits, uniforms, points, epoch_exposures=1000, nodes=32)
         regret[name] = (success[visits, 1] - sim.expected).sum(axis=1)
-        assert np.all(sim.points.sum(axis=-1) == POINTS) and np.all(sim.points >= 100)
+        assert np.all(sim.points.sum(axis=-1) == POINTS) and np.all(sim.points >= 500)
     assert regret["fixed"].mean() == pytest.approx(200, rel=0.02)
     assert regret["thompson"].mean() <= regret["fixed"].mean() / 3
     assert np.median(regret["thompson"]) < np.median(regret["fixed"]) / 3
