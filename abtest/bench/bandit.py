@@ -172,6 +172,65 @@ def _interval(value: PolicyValue, name: str) -> dict[str, float] | None:
     return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
 
 
+def ope_coverage(design: str, min_share: float, *, runs: int = 600, seed: int = 1) -> dict[str, Any]:
+    """How often the 95% CIs of "always X" cover the truth over `runs` Thompson runs of 20,000 exposures.
+
+    design "independent": CTR 0.10 vs 0.13, every exposure a new user. "returning_users": each run draws
+    1,000 users (lognormal visit rates, click propensities logit-normal around 0.10 / 0.13), hashed afresh
+    per epoch, CIs clustered by user; the truth is the population CTR (Gauss-Hermite).
+    """
+    exposures, epoch_exposures = 20_000, 1000
+    base = np.log(np.array([0.10, 0.13]) / (1 - np.array([0.10, 0.13])))
+    rng = np.random.default_rng(seed)
+    if design == "independent":
+        truth = 1 / (1 + np.exp(-base))
+        success = np.broadcast_to(truth, (exposures, 2)).copy()
+        visits = np.broadcast_to(np.arange(exposures), (runs, exposures)).copy()
+        unit_points = rng.integers(0, POINTS, (runs, exposures))
+    elif design == "returning_users":
+        users = 1000
+        rates = rng.lognormal(0.0, 1.0, (runs, users))
+        success = 1 / (1 + np.exp(-(base + rng.normal(0.0, 1.0, (runs, users, 1)))))
+        nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+        truth = (weights[:, None] / (1 + np.exp(-(base + nodes[:, None])))).sum(axis=0) / weights.sum()
+        visits = np.stack([rng.choice(users, exposures, p=r / r.sum()) for r in rates])
+        unit_points = rng.integers(0, POINTS, (runs, exposures // epoch_exposures, users))
+    else:
+        raise ValueError(f"unknown design {design!r}")
+    sim = simulate_policy(
+        ThompsonSettings(min_share=min_share),
+        success,
+        visits,
+        rng.random((runs, exposures)),
+        unit_points,
+        epoch_exposures=epoch_exposures,
+        nodes=32,
+    )
+    hits = {name: np.zeros(2) for name in ("ips", "snips", "dr")}
+    for run_index in range(runs):
+        values = fixed_policy_values(
+            ("worse", "better"),
+            sim.variant[run_index],
+            sim.propensity[run_index],
+            sim.reward[run_index],
+            epoch=sim.epoch[run_index],
+            unit=sim.unit[run_index] if design == "returning_users" else None,
+        )
+        for x, value in enumerate(values):
+            for name in hits:
+                estimate = getattr(value, name)
+                hits[name][x] += estimate is not None and estimate.low <= truth[x] <= estimate.high
+    regret = ((truth[1] - truth[0]) * (sim.variant == 0)).sum(axis=1)
+    return {
+        "design": design,
+        "min_share": min_share,
+        "runs": runs,
+        "coverage_worse_better": {name: (h / runs).round(3).tolist() for name, h in hits.items()},
+        "regret_over_50_50": float(regret.mean() / ((truth[1] - truth[0]) * exposures / 2)),
+        "binomial_99_band": round(2.576 * float(np.sqrt(0.95 * 0.05 / runs)), 3),
+    }
+
+
 def run(
     results_dir: Path,
     *,
@@ -183,6 +242,7 @@ def run(
     epoch_exposures: int = 1000,
     min_share: float = 0.05,
     epsilon: float = 0.1,
+    coverage_runs: int = 1000,
 ) -> dict[str, Any]:
     """Simulate the three strategies over the same traffic, print a table, write results_dir/bench-bandit.json."""
     started = time.perf_counter()
@@ -221,6 +281,12 @@ def run(
         rows["fixed_50_50"]["regret_all_replications"]
     )
     ope = {name: _ope(logs[name], population, truth) for name in ("thompson", "epsilon_greedy")}
+    coverage = [
+        ope_coverage(design, floor, runs=coverage_runs)
+        for design in ("independent", "returning_users")
+        for floor in (0.01, 0.05)
+        if coverage_runs > 0
+    ]
     result = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {
@@ -243,6 +309,7 @@ def run(
             "target": 1 / 3,
         },
         "ope": ope,
+        "ope_coverage": coverage,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(format_table(result))
@@ -321,4 +388,11 @@ def format_table(result: dict[str, Any]) -> str:
             )
         coverage = ope["coverage_over_replications"]
         lines.append("  CI coverage over replications: " + ", ".join(f"{k} {v}" for k, v in coverage.items()))
+    lines.append("OPE CI coverage over simulated Thompson runs (20,000 exposures; CTR 0.10 vs 0.13), worse/better:")
+    for study in result["ope_coverage"]:
+        shares = ", ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in study["coverage_worse_better"].items())
+        lines.append(
+            f"  {study['design']:15} floor {study['min_share']:.0%}: {shares} over {study['runs']} runs "
+            f"(95% +- {study['binomial_99_band']}); regret / 50-50 {study['regret_over_50_50']:.3f}"
+        )
     return "\n".join(lines)

@@ -130,9 +130,9 @@ def test_snips_and_dr_intervals_cover_the_truth_over_300_thompson_runs() -> None
 
 def test_intervals_of_a_variant_starved_to_a_1_percent_floor_under_cover() -> None:
     """Known limit, measured, not hidden: at a 1% floor the starved variant's IPS weights reach 100 and a few
-    heavy terms drive both its estimate and its standard error, so its CIs cover ~92% (SNIPS 0.915, DR 0.920
-    over 1,800 runs; docs/bandits.md). The favoured variant stays at 95% +- band; the starved one must not
-    fall below that measured level minus its own 99% band.
+    heavy terms drive both its estimate and its standard error, so its CIs cover 92-94% (SNIPS 0.915, DR 0.920
+    pooled over 1,800 runs; 0.938 / 0.943 in the benchmark's 1,000; docs/bandits.md). The favoured variant
+    stays at 95% +- band; the starved one must not fall below the lower measured level minus its 99% band.
     """
     values = independent_runs(seed=3, min_share=0.01)
     runs = len(values)
