@@ -14,7 +14,7 @@ Estimators of V(x) = E[reward if every exposure were served x], with w_i = 1{a_i
 - IPS: mean(w r). Unbiased; the CI is the CLT on its per-exposure terms (as vw-estimators' gaussian Interval).
 - SNIPS: sum(w r) / sum(w). Its CI is the delta method: influence terms w_i (r_i - V) / mean(w).
 - DR: mean(q(x) + w (r - q(x))), with the direct-method model q fitted on the logs. With no context, q is
-  the variant's mean reward *in the epochs before the exposure's* (0 before any data): a predictable model,
+  the variant's mean reward *in the epochs before the exposure's* (else all earlier rewards, else 0): predictable,
   so each DR term has conditional mean V(x) given the past, exactly as under adaptive logging IPS has; the
   CI is the CLT on the DR terms. (A q fitted on all logs is also offered, `direct_method="pooled"`.)
 With `unit` ids the standard errors are clustered by unit (a user's exposures are not independent).
@@ -319,9 +319,8 @@ def epoch_sample_ratios(
     a = np.asarray(variant, dtype=np.intp)
     if e.shape != a.shape:
         raise ValueError("epoch and variant must have one entry per exposure")
-    if unit is not None:
-        codes = _cluster_codes(unit, a.size)
-        assert codes is not None
+    codes = _cluster_codes(unit, a.size)
+    if codes is not None:  # a unit counts once per (epoch, variant)
         keys = np.unique(np.stack([e, codes, a]), axis=1) if a.size else np.empty((3, 0), np.int64)
         e, a = keys[0], keys[2]
     per_epoch = []
