@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.strategies.base import Assignment, Outcome, Strategy, Unit
-from router.strategies.hashing import Bucket, bucket_index, bucket_ranges, choose, fnv1a32, unit_point
+from router.strategies.hashing import POINTS, Bucket, bucket_index, bucket_ranges, choose, fnv1a32, unit_point
 from router.strategies.split import HashStrategy, RandomStrategy
 
 __all__ = [
+    "POINTS",
     "STRATEGIES",
     "Assignment",
     "Bucket",

@@ -19,10 +19,12 @@ Unit = Literal["user", "request"]
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """A strategy's choice for one unit: the variant, and the probability with which it was chosen."""
+    """A strategy's choice for one unit: the variant, the probability with which it was chosen, and for adaptive
+    strategies the weight epoch whose weights decided (None for fixed splits)."""
 
     variant: str
     propensity: float
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
