@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel, Field
 
 from router import configdoc, docblocks
@@ -66,3 +67,12 @@ def test_every_environment_variable_the_code_reads_is_in_the_config_doc() -> Non
     doc = configdoc.DOC.read_text(encoding="utf-8")
     missing = sorted(name for name in found if f"`{name}`" not in doc)
     assert not missing, f"environment variables read by the code but not in docs/config.md: {missing}"
+
+
+def test_config_doc_example_is_the_shipped_experiment_file() -> None:
+    """The YAML example on the page is router/experiment.yaml's content (comments aside)."""
+    doc = configdoc.DOC.read_text(encoding="utf-8")
+    example = re.search(r"^```yaml\n(.*?)^```", doc, re.MULTILINE | re.DOTALL)
+    assert example is not None, "docs/config.md has no yaml example"
+    shipped = yaml.safe_load((REPO / "router" / "experiment.yaml").read_text(encoding="utf-8"))
+    assert yaml.safe_load(example.group(1)) == shipped
