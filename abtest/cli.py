@@ -1,9 +1,10 @@
-"""`abtest`: the project's one command line - up, train, simulate, report.
+"""`abtest`: the project's one command line - up, train, simulate, report, bench.
 
 abtest up                                  # the whole stack as local processes (router on :8080)
 abtest train model_a                       # train and save an artefact, with offline metrics
 abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7
 abtest report [--results-dir DIR] [--phase N]
+abtest bench models|store|router|all       # benchmarks: figures printed and written under results/
 """
 
 from __future__ import annotations

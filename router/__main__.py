@@ -1,8 +1,9 @@
 """`python -m router --config PATH --port N [--host H]`: serve the router with uvicorn (one worker).
 
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
-SIGHUP re-reads the config like POST /admin/reload. A bad config or an unusable outcome store stops
-start-up with exit code 2 and a message that says what is wrong.
+SIGHUP re-reads the config like POST /admin/reload. Exit codes, each with a message that says what is wrong:
+0 after a clean stop; 2 for an invalid experiment config or environment (checked before uvicorn starts);
+3 when start-up failed inside the server, e.g. the outcome store cannot be opened.
 """
 
 from __future__ import annotations

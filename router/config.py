@@ -8,6 +8,9 @@
 Precedence, lowest first: the YAML file, `ROUTER_<FIELD>` variables (`ROUTER_STRATEGY=random`,
 `ROUTER_TIMEOUTS__READ=2`), then `ROUTER_VARIANT_URLS` for the variants' addresses. Bad config is refused,
 never repaired: weights are normalised to sum to 1, but negative or all-zero weights stop start-up.
+
+Each field's meaning is its `Field(description=...)`, and what changing it on a reload does is its `x-on-reload`
+(both in the JSON schema); docs/config.md's reference tables are generated from them (`python -m router.configdoc`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from router.errors import ConfigError, ConfigFileError
@@ -55,15 +59,35 @@ OVERRIDABLE_FIELDS = (
     "timeouts",
 )
 
+#: What changing an experiment field on a reload does (`x-on-reload` in the JSON schema, a column in docs/config.md).
+NEW_PHASE: JsonDict = {"x-on-reload": "new phase"}
+SAME_PHASE: JsonDict = {"x-on-reload": "same phase"}
+NEW_PHASE_IF_SHARES_CHANGE: JsonDict = {"x-on-reload": "new phase if the normalised shares change"}
+RESTART: JsonDict = {"x-on-reload": "refused: restart the router"}
+
 
 class Variant(BaseModel):
     """One arm of the experiment: a name, the base URL of its model server, a weight (any scale)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=VARIANT_NAME_PATTERN)
-    url: AnyHttpUrl
-    weight: float = Field(ge=0, allow_inf_nan=False)
+    name: str = Field(
+        pattern=VARIANT_NAME_PATTERN,
+        description="The variant's name, unique: shown in `X-Variant`, in metrics labels and in the outcome store.",
+        json_schema_extra=NEW_PHASE,
+    )
+    url: AnyHttpUrl = Field(
+        description="The model server's base URL, without credentials, query or fragment. The router calls only "
+        "`{url}/recommend/{user_id}?k=N`, `{url}/health` and `{url}/info`.",
+        json_schema_extra=SAME_PHASE,
+    )
+    weight: float = Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="Share of traffic on any scale (`50/50`, `1/1`, `0.3/0.7`), normalised to sum to 1; "
+        "`0` sends no traffic. All-zero weights are refused, never replaced.",
+        json_schema_extra=NEW_PHASE_IF_SHARES_CHANGE,
+    )
 
     @field_validator("url")
     @classmethod
@@ -85,8 +109,18 @@ class Override(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
-    header: str = Field(default="X-Variant", pattern=HEADER_NAME_PATTERN)
+    enabled: bool = Field(
+        default=False,
+        description="Let a request header naming a variant force it (for QA). Forced exposures are recorded as "
+        "`override` and excluded from analysis; an unknown name is 422. When off, the header is ignored.",
+        json_schema_extra=SAME_PHASE,
+    )
+    header: str = Field(
+        default="X-Variant",
+        pattern=HEADER_NAME_PATTERN,
+        description="The request header that names the forced variant.",
+        json_schema_extra=SAME_PHASE,
+    )
 
 
 class Timeouts(BaseModel):
@@ -94,9 +128,31 @@ class Timeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connect: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
-    read: float = Field(default=2.0, gt=0, le=300, allow_inf_nan=False)
-    pool: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    connect: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds to open a connection to a backend (exceeded: 504).",
+        json_schema_extra=SAME_PHASE,
+    )
+    read: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds to wait for response bytes from a backend (exceeded: 504). A whole backend request "
+        "gets at most pool + connect + read.",
+        json_schema_extra=SAME_PHASE,
+    )
+    pool: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds to wait for a free pooled connection (exceeded: 504).",
+        json_schema_extra=SAME_PHASE,
+    )
 
 
 class ExperimentConfig(BaseModel):
@@ -104,16 +160,62 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    experiment: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    strategy: str = Field(description="a registered strategy: " + ", ".join(STRATEGIES))
-    salt: str = Field(min_length=1, max_length=256)
-    variants: tuple[Variant, ...]
-    override: Override = Override()
-    on_error: Literal["error", "fallback"] = "error"
-    fallback_variant: str | None = None
-    timeouts: Timeouts = Timeouts()
-    max_body_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
-    backend_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    experiment: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Name of the comparison, recorded on every exposure and feedback row.",
+        json_schema_extra=NEW_PHASE,
+    )
+    strategy: str = Field(
+        description="How a unit gets a variant, one of the registered strategies: "
+        + "; ".join(f"`{spec.name}`, {spec.summary} (unit: the {spec.unit})" for spec in STRATEGIES.values())
+        + ".",
+        json_schema_extra=NEW_PHASE,
+    )
+    salt: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Hashed with the user id by `hash`; changing it reshuffles every user.",
+        json_schema_extra=NEW_PHASE,
+    )
+    variants: tuple[Variant, ...] = Field(
+        description="The arms, at least 2 (A/B/n works): the first is the **control**, every other a treatment "
+        "compared with it.",
+        json_schema_extra={"x-on-reload": "new phase if names, order or normalised shares change"},
+    )
+    override: Override = Field(
+        default=Override(), description="The QA override header (fields below).", json_schema_extra=SAME_PHASE
+    )
+    on_error: Literal["error", "fallback"] = Field(
+        default="error",
+        description="When the assigned variant's backend fails: `error` answers 502/503/504 naming the variant; "
+        "`fallback` serves `fallback_variant` instead (recorded as `fallback`, excluded from analysis).",
+        json_schema_extra=SAME_PHASE,
+    )
+    fallback_variant: str | None = Field(
+        default=None,
+        description="The variant that answers when the assigned one fails; required with `on_error: fallback`.",
+        json_schema_extra=SAME_PHASE,
+    )
+    timeouts: Timeouts = Field(
+        default=Timeouts(),
+        description="How long the router waits on a backend (fields below).",
+        json_schema_extra=SAME_PHASE,
+    )
+    max_body_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        le=16 * 1024 * 1024,
+        description="Largest request body accepted (`POST /feedback`); a larger one gets 413 before it is read.",
+        json_schema_extra=SAME_PHASE,
+    )
+    backend_client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="The HTTP client to the backends: `aiohttp` (measured several times faster on the hot path, "
+        "see docs/performance.md) or `httpx`.",
+        json_schema_extra=RESTART,
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -209,12 +311,10 @@ def phase_design(config: ExperimentConfig) -> dict[str, Any]:
 
 
 class RouterSettings(BaseSettings):
-    """Process settings from the environment; nothing here is experiment design.
+    """Process settings from the environment, read once at start-up; nothing here is experiment design.
 
-    `RESULTS_DIR` (default ./results), `STORE_URL` (default: sqlite:/// RESULTS_DIR/outcomes.sqlite3),
-    `ROUTER_ADMIN_TOKEN` (admin endpoints are off without it),
-    `ROUTER_CONFIG` (the YAML path), `ROUTER_VARIANT_URLS` ("model_a=http://...,model_b=http://..."),
-    and `ROUTER_<FIELD>` overrides of the YAML's scalar fields and `ROUTER_TIMEOUTS__READ`-style nested ones.
+    A field's variable is its alias (`RESULTS_DIR`, `STORE_URL`, `ROUTER_CONFIG`), else `ROUTER_<NAME>`; the
+    `ROUTER_<FIELD>` overrides of the YAML are re-applied on every reload. docs/config.md lists them all.
     """
 
     model_config = SettingsConfigDict(
@@ -225,25 +325,53 @@ class RouterSettings(BaseSettings):
         frozen=True,
     )
 
-    results_dir: Path = Field(default=Path("results"), validation_alias="RESULTS_DIR")
-    config_path: Path = Field(default=Path("router/experiment.yaml"), validation_alias="ROUTER_CONFIG")
-    store_url: str | None = Field(default=None, validation_alias="STORE_URL")
-    admin_token: SecretStr | None = None
-    variant_urls: str | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    health_interval: float = Field(default=2.0, gt=0, le=60)
+    results_dir: Path = Field(
+        default=Path("results"),
+        validation_alias="RESULTS_DIR",
+        description="Folder of the reports, and of the outcome store `outcomes.sqlite3` when `STORE_URL` is unset.",
+    )
+    config_path: Path = Field(
+        default=Path("router/experiment.yaml"),
+        validation_alias="ROUTER_CONFIG",
+        description="The experiment file (`python -m router --config PATH` wins).",
+    )
+    store_url: str | None = Field(
+        default=None,
+        validation_alias="STORE_URL",
+        description="The outcome store, e.g. `sqlite:///results/outcomes.sqlite3` (relative) or "
+        "`sqlite:////var/lib/ab/outcomes.sqlite3` (absolute); unset: `outcomes.sqlite3` in `RESULTS_DIR`. "
+        "See docs/store.md.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for `/admin/*`; the admin endpoints are **disabled** when it is unset or blank.",
+    )
+    variant_urls: str | None = Field(
+        default=None,
+        description="Replaces the named variants' URLs: `model_a=http://127.0.0.1:8001,model_b=http://127.0.0.1:8002` "
+        "(where a variant runs is deployment, not experiment design; `abtest up` uses it). An unknown name is an "
+        "error.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="`debug` also logs one JSON line per request."
+    )
+    health_interval: float = Field(default=2.0, gt=0, le=60, description="Seconds between backend health checks.")
 
     # Overrides of the YAML (None: keep the file's value). Typed loosely on purpose: ExperimentConfig
     # validates them, so an env value is refused with the same message as a YAML value.
-    experiment: str | None = None
-    strategy: str | None = None
-    salt: str | None = None
-    on_error: str | None = None
-    fallback_variant: str | None = None
-    backend_client: str | None = None
-    max_body_bytes: str | None = None
-    override: dict[str, str] | None = None
-    timeouts: dict[str, str] | None = None
+    experiment: str | None = Field(default=None, description="Overrides the experiment file's `experiment`.")
+    strategy: str | None = Field(default=None, description="Overrides `strategy`, e.g. `ROUTER_STRATEGY=random`.")
+    salt: str | None = Field(default=None, description="Overrides `salt`.")
+    on_error: str | None = Field(default=None, description="Overrides `on_error`.")
+    fallback_variant: str | None = Field(default=None, description="Overrides `fallback_variant`.")
+    backend_client: str | None = Field(default=None, description="Overrides `backend_client`.")
+    max_body_bytes: str | None = Field(default=None, description="Overrides `max_body_bytes`.")
+    override: dict[str, str] | None = Field(
+        default=None, description="Overrides `override.<SUB>`, e.g. `ROUTER_OVERRIDE__ENABLED=true`."
+    )
+    timeouts: dict[str, str] | None = Field(
+        default=None, description="Overrides `timeouts.<SUB>`, e.g. `ROUTER_TIMEOUTS__READ=1.5`."
+    )
 
     @field_validator("admin_token")
     @classmethod

@@ -1,6 +1,6 @@
 """Every error the router and its report raise on purpose, as one tree; each carries the HTTP status it maps to.
 
-    RouterError                          500  base: `status_code`, `detail`; turned into JSON once, by router.web
+    RouterError                          500  base: `status_code`, `detail`; answered once, by router.responses
     ├── RequestRefusedError              422  the request is well-formed but cannot be served as asked
     │   ├── UnknownOverrideError         422  the QA override header names no variant
     │   ├── AttributionError             404  feedback that cannot be tied to an exposure
@@ -17,7 +17,7 @@
     ├── StoreError                       503  the outcome store cannot be opened, read or written
     │   └── StoreOverloadedError         503  the write queue is full: feedback is refused until it drains
     ├── ConfigError                      422  the experiment config cannot be used (start-up stops, a reload is refused)
-    │   └── ConfigFileError              400  the file itself: missing, unreadable, too big, not YAML, not a mapping
+    │   └── ConfigFileError              400  the file itself: missing, unreadable, not YAML, not a mapping
     └── ReportError                      500  the report could not be built
         ├── NoDataError                  404  no store, no such phase, or the phase has no exposures yet
         └── StoreFormatError             500  the store holds something the report cannot read
@@ -192,7 +192,7 @@ class ConfigError(RouterError):
 
 
 class ConfigFileError(ConfigError):
-    """The config file itself is the problem: missing, unreadable, too big, not YAML, or not a mapping."""
+    """The config file itself is the problem: missing, unreadable, not YAML, or not a mapping."""
 
     status_code = 400
 

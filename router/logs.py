@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line on stderr, with whatever `extra=` fields a call adds.
 
 log.warning("backend failed", extra={"request_id": rid, "variant": "model_b", "kind": "timeout"})
--> {"ts": 1718000000.123, "level": "warning", "logger": "router.routing", "msg": "backend failed",
+-> {"ts": 1718000000.123, "level": "warning", "logger": "router.service", "msg": "backend failed",
     "request_id": "...", "variant": "model_b", "kind": "timeout"}
 """
 

@@ -3,7 +3,7 @@
 Markdown and HTML show the same sections, built once by ``sections``; HTML adds the plots. Plots use
 matplotlib's object API (``Figure``, no pyplot), so rendering never touches a GUI backend or global state.
 
-    print(render_markdown(build_report(Path("results/outcomes.sqlite3"))))
+    print(render_markdown(build_report(backend_for("sqlite:///results/outcomes.sqlite3"))))   # router.store
 """
 
 from __future__ import annotations

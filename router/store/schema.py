@@ -5,8 +5,9 @@ are checked against them by a test, so a column cannot be added in one place and
 
     python -m router.store.schema sqlite        # print the DDL a SQLite store is created with
 
-Bump `SCHEMA_VERSION` on any change, add the step that upgrades the previous version to `MIGRATIONS`, and say
-what changed in docs/store.md. A store of an older version is migrated when the router opens it.
+Bump `SCHEMA_VERSION` on any change, add the step that upgrades the previous version to `MIGRATIONS`, say
+what changed in docs/store.md's version table, and regenerate its tables (`python -m router.store.schemadoc
+--write`). A store of an older version is migrated when the router opens it.
 
 Version history:
     1  phases, exposures, feedback, variant_info

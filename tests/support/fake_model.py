@@ -1,4 +1,4 @@
-"""A stand-in model server honouring the model contract (docs/architecture.md), with controllable faults.
+"""A stand-in model server honouring the model contract (docs/models.md), with controllable faults.
 
     control = FakeModelControl()
     with serve_fake_model("model_b", control) as url:
