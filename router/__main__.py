@@ -2,7 +2,7 @@
 
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
 SIGHUP re-reads the config like POST /admin/reload. A bad config or an unusable outcome store stops
-start-up with exit code 2 and a message that says what is wrong.
+start-up with exit code 2 and a message that says what is wrong (logged once, in the format LOG_FORMAT picks).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from router.app import create_app
 from router.config import ConfigError, RouterSettings, load_config
-from router.logs import configure_logging
+from router.logs import LogFormatError, configure_logging
 
 log = logging.getLogger("router")
 
@@ -39,12 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"router: invalid environment settings:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     try:
-        load_config(settings)  # fail fast, before uvicorn starts, with the message on stderr
-    except ConfigError as exc:
-        log.critical("router not started: %s", exc)
+        configure_logging(settings.log_level)
+    except LogFormatError as exc:
         print(f"router: {exc}", file=sys.stderr)
+        return 2
+    try:
+        load_config(settings)  # fail fast, before uvicorn starts
+    except ConfigError as exc:
+        # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
+        log.critical("router not started: %s", exc)
         return 2
 
     server = uvicorn.Server(
