@@ -25,7 +25,7 @@ def _results_dir() -> Path:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from abtest.stack import StackConfig, serve_forever
+    from abtest.stack import StackConfig, StackConfigError, serve_forever
 
     config = StackConfig(
         config=args.config,
@@ -35,7 +35,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         data_spec=args.data,
     )
-    return serve_forever(config)
+    try:
+        return serve_forever(config)
+    except StackConfigError as exc:
+        print(f"abtest up: nothing started: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
