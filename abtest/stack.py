@@ -33,12 +33,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from pydantic import ValidationError
-
 from abtest.processes import ServiceError, python_module, start_service, stop_service, wait_healthy
 from recsys.data import canonical_spec
 from recsys.training import MODEL_NAMES, is_trained, train_and_save, trainer
-from router.config import ConfigError, RouterSettings, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "router" / "experiment.yaml"
 _COLOURS = {"model_a": "\033[36m", "model_b": "\033[35m", "router": "\033[33m"}
@@ -122,6 +119,10 @@ def check_router_config(config: StackConfig) -> None:
 
     Raises StackConfigError with the router's own message (the field, the value, the variable that set it).
     """
+    from pydantic import ValidationError
+
+    from router.config import ConfigError, RouterSettings, load_config  # the router's extra (PyYAML)
+
     try:
         settings = RouterSettings(config_path=config.config, variant_urls=_variant_urls(config))
         load_config(settings)
