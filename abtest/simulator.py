@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from abtest.ground_truth import ExpectedCtr, expected_ctr, truly_better
 from recsys.clicks import ClickModel
-from recsys.data import Dataset, GroundTruth, load_dataset
+from recsys.data import Dataset, FittedTruth, GroundTruth, load_dataset
 from recsys.logs import round_floats
 
 
@@ -285,6 +285,10 @@ async def simulate(config: SimulationConfig, data: Dataset | None = None) -> Sim
         await probe(client, config.url, seconds=min(config.timeout, 5.0))  # before the data: fail in a moment
         dataset = data or load_dataset(config.data_spec)
         population = _population(dataset, config)
+        if config.progress and isinstance(population.truth, FittedTruth):
+            tqdm.write("simulate: fitting the semi-synthetic ground truth of the real ratings (seconds) ...")
+        # Before any request: fitting inside the event loop would stall the requests already in flight.
+        await asyncio.to_thread(population.truth.prepare)
         summary = SimulationSummary(population=len(population.user_ids), requested_users=config.users)
         started = time.monotonic()
         deadline = started + config.max_seconds

@@ -104,6 +104,9 @@ def test_semi_synthetic_truth_of_real_ratings_recovers_the_affinities_that_made_
     path.write_text("".join(f"{u}\t{i}\t{int(r)}\t{t}\n" for u, i, r, t in rows), encoding="utf-8")
     data = load_dataset(f"movielens:{path}")
     assert isinstance(data.truth, FittedTruth)
+    assert "fitted" not in vars(data.truth)  # loading the data does not fit it (the models never need it)
+    data.truth.prepare()  # the simulator's call, before its first request
+    assert "fitted" in vars(data.truth)
     fitted = data.truth.fitted.all_affinities()
     true = generated.truth.all_affinities()  # ids 1..n map to rows 0..n-1 on both sides
     assert np.corrcoef(fitted.ravel(), true.ravel())[0, 1] > 0.6  # 0.69: over all 1.7M pairs, rated or not
