@@ -4,7 +4,10 @@ abtest up                                  # the whole stack as local processes 
 abtest train model_a                       # train and save an artefact, with offline metrics
 abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7
 abtest report [--results-dir DIR] [--phase N]
-abtest bench models|store|router|all       # benchmarks: figures printed and written under results/
+abtest bench models|router|store|all
+
+`abtest COMMAND --help` shows every option with its default and a few examples. Exit codes: 0 done,
+1 done but nothing to show (no exposures, no data), 2 usage or configuration error (nothing was done).
 """
 
 from __future__ import annotations
@@ -13,20 +16,86 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from abtest.processes import ServiceError
 from recsys.data import DataError
+from recsys.logs import round_floats
 from recsys.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir, trainer
+
+#: Names kept for commands that are coming (`abtest export`: a phase as CSV/Parquet). Registering one is
+#: `commands.add_parser(name, ...)` in build_parser; until then they answer with a clear "not yet".
+RESERVED_COMMANDS = ("export",)
+
+
+#: Benchmarks by name; the names reserved for coming ones (None) answer with a clear "not yet".
+def _bench_models(args: argparse.Namespace) -> None:
+    from abtest.bench import models
+
+    models.run(args.results_dir, seconds=args.seconds)
+
+
+def _bench_store(args: argparse.Namespace) -> None:
+    from abtest.bench import store
+
+    store.run(args.results_dir)
+
+
+def _bench_router(args: argparse.Namespace) -> None:
+    from abtest.bench import router
+
+    router.run(
+        args.results_dir,
+        rounds=args.rounds,
+        seconds=args.seconds,
+        soak_seconds=args.soak_seconds,
+        baseline=args.baseline,
+    )
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
+    "models": _bench_models,
+    "store": _bench_store,
+    "router": _bench_router,
+    "sensitivity": None,
+    "bandit": None,
+}
+BENCH_ALL = ("models", "store", "router")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help (except None and flags, whose help says it), examples verbatim."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _package_version() -> str:
+    try:
+        return version("ab-router")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def _results_dir() -> Path:
     return Path(os.environ.get("RESULTS_DIR", "results"))
 
 
+def _http_url(text: str) -> str:
+    from abtest.simulator import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
-    from abtest.stack import StackConfig, serve_forever
+    from abtest.stack import StackConfig, StackConfigError, serve_forever
 
     config = StackConfig(
         config=args.config,
@@ -36,7 +105,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         data_spec=args.data,
     )
-    return serve_forever(config)
+    try:
+        return serve_forever(config)
+    except StackConfigError as exc:
+        print(f"abtest up: nothing started: {exc}", file=sys.stderr)
+        return 2
+
+
+def metrics_line(metrics: dict[str, object]) -> str:
+    """`key=value, ...` with floats rounded (0.1797, not 0.17970000000000003)."""
+    return ", ".join(f"{key}={value}" for key, value in round_floats(metrics).items())
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -53,21 +131,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = train_and_save(trainer(name), args.models_dir, data_spec=args.data, seed=args.seed)
         meta = model.metadata
         print(f"{name}: {meta['algorithm']} on {meta['dataset']['spec']} in {meta['training_seconds']}s")
-        print(
-            "  "
-            + ", ".join(
-                f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-                for key, value in meta["metrics"].items()
-            )
-        )
+        print("  " + metrics_line(meta["metrics"]))
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from abtest.simulator import SimulationConfig, run_simulation
+    from abtest.simulator import RouterUnreachableError, SimulationConfig, run_simulation
 
     config = SimulationConfig(
-        url=args.url.rstrip("/"),
+        url=args.url,
         users=args.users,
         requests=args.requests,
         concurrency=args.concurrency,
@@ -77,7 +149,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         data_spec=args.data,
         progress=not args.quiet,
     )
-    summary = run_simulation(config)
+    try:
+        summary = run_simulation(config)
+    except RouterUnreachableError as exc:
+        print(
+            f"abtest simulate: {exc}; nothing was sent. Is the stack up (abtest up, docker compose up)?",
+            file=sys.stderr,
+        )
+        return 2
     print(summary.text())
     if args.json:
         args.json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
@@ -90,6 +169,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from router.store import backend_for, default_store_url, describe_url
 
     url = os.environ.get("STORE_URL") or default_store_url(args.results_dir)
+    if not args.quiet:
+        which = f"phase {args.phase}" if args.phase is not None else "the latest phase"
+        print(f"abtest report: building the report of {which} from {describe_url(url)} ...", file=sys.stderr)
     try:
         paths = write_reports(backend_for(url), args.results_dir, args.phase)
     except NoDataError as exc:
@@ -107,69 +189,142 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from abtest.bench import models, router, store
-
-    if args.what in ("models", "all"):
-        models.run(args.results_dir, seconds=args.seconds)
-    if args.what in ("store", "all"):
-        store.run(args.results_dir)
-    if args.what in ("router", "all"):
-        router.run(
-            args.results_dir,
-            rounds=args.rounds,
-            seconds=args.seconds,
-            soak_seconds=args.soak_seconds,
-            baseline=args.baseline,
-        )
+    names = BENCH_ALL if args.what == "all" else (args.what,)
+    for number, name in enumerate(names, 1):
+        bench = BENCHES[name]
+        if bench is None:
+            print(f"abtest bench {name}: not available in this version yet", file=sys.stderr)
+            return 2
+        if len(names) > 1:
+            print(f"\n== abtest bench {name} ({number}/{len(names)}) ==", flush=True)
+        bench(args)
     return 0
 
 
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help_text: str,
+    examples: str,
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog="examples:\n" + examples,
+        formatter_class=HelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="abtest", description="A/B router for recommender model servers.")
+    parser = argparse.ArgumentParser(
+        prog="abtest",
+        description="A/B router for recommender model servers: run the stack, train, simulate traffic, report.",
+        epilog=(
+            "examples:\n"
+            "  abtest up                      # model_a, model_b and the router on http://127.0.0.1:8080\n"
+            "  abtest simulate                # 20,000 simulated requests against it\n"
+            "  abtest report                  # the A/B verdict\n"
+            "  abtest COMMAND --help          # every option of a command, with its default"
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="run the whole stack locally (no Docker): models + router")
     from abtest.stack import DEFAULT_CONFIG
 
-    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (router/experiment.yaml)")
-    up.add_argument("--port", type=int, default=8080, help="router port (default 8080)")
-    up.add_argument("--model-a-port", type=int, default=8001)
-    up.add_argument("--model-b-port", type=int, default=8002)
-    up.add_argument("--results-dir", type=Path, default=_results_dir(), help="outcomes and reports ($RESULTS_DIR)")
-    up.add_argument("--models-dir", type=Path, default=default_models_dir(), help="artefacts ($MODELS_DIR)")
-    up.add_argument("--data", help="data spec ($ABTEST_DATA; default: the embedded synthetic set)")
+    up = _add_command(
+        commands,
+        "up",
+        help_text="run the whole stack locally (no Docker): both model servers, then the router",
+        examples=(
+            "  abtest up\n"
+            "  abtest up --config my-experiment.yaml --port 9080\n"
+            "  abtest up --data movielens        # MovieLens ml-latest-small (pip install 'ab-router[movielens]')\n"
+            "  kill -HUP <pid of abtest up>      # reload the experiment config (forwarded to the router)"
+        ),
+    )
+    up.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML, checked before anything starts"
+    )
+    up.add_argument("--port", type=int, default=8080, help="router port")
+    up.add_argument("--model-a-port", type=int, default=8001, help="model_a's port")
+    up.add_argument("--model-b-port", type=int, default=8002, help="model_b's port")
+    up.add_argument("--results-dir", type=Path, default=_results_dir(), help="outcome store and reports ($RESULTS_DIR)")
+    up.add_argument("--models-dir", type=Path, default=default_models_dir(), help="model artefacts ($MODELS_DIR)")
+    up.add_argument("--data", help="data spec (default: $ABTEST_DATA, else the embedded synthetic set)")
     up.set_defaults(run=_cmd_up)
 
-    train = commands.add_parser("train", help="train model artefacts and print their offline metrics")
-    train.add_argument("models", nargs="*", metavar="MODEL", help="model_a and/or model_b (default: both)")
-    train.add_argument("--models-dir", type=Path, default=default_models_dir(), help="artefacts ($MODELS_DIR)")
-    train.add_argument("--data", help="data spec ($ABTEST_DATA; default: the embedded synthetic set)")
-    train.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    train = _add_command(
+        commands,
+        "train",
+        help_text="train model artefacts and print their offline metrics",
+        examples=(
+            "  abtest train                      # both models, embedded synthetic data\n"
+            "  abtest train model_b --seed 1\n"
+            "  abtest train --data movielens     # MovieLens ml-latest-small, offline (the movielens extra)\n"
+            "  abtest train --data movielens:ml-100k/u.data"
+        ),
+    )
+    train.add_argument("models", nargs="*", metavar="MODEL", help=f"{' and/or '.join(MODEL_NAMES)} (default: all)")
+    train.add_argument("--models-dir", type=Path, default=default_models_dir(), help="model artefacts ($MODELS_DIR)")
+    train.add_argument("--data", help="data spec (default: $ABTEST_DATA, else the embedded synthetic set)")
+    train.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training seed")
     train.set_defaults(run=_cmd_train)
 
-    simulate = commands.add_parser("simulate", help="send simulated user traffic (with ground-truth clicks)")
-    simulate.add_argument("--url", default="http://127.0.0.1:8080", help="the router (default http://127.0.0.1:8080)")
-    simulate.add_argument("--users", type=int, default=1000)
-    simulate.add_argument("--requests", type=int, default=20_000)
-    simulate.add_argument("--concurrency", type=int, default=20)
-    simulate.add_argument("--seed", type=int, default=7)
-    simulate.add_argument("--k", type=int, default=10)
+    simulate = _add_command(
+        commands,
+        "simulate",
+        help_text="send simulated user traffic to the router, clicking by the data set's ground truth",
+        examples=(
+            "  abtest simulate\n"
+            "  abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7\n"
+            "  abtest simulate --requests 2000 --json results/simulation.json"
+        ),
+    )
+    simulate.add_argument(
+        "--url", type=_http_url, default="http://127.0.0.1:8080", help="the router (http:// or https://)"
+    )
+    simulate.add_argument("--users", type=int, default=1000, help="simulated users who may visit (at most the data's)")
+    simulate.add_argument("--requests", type=int, default=20_000, help="recommendation requests to send")
+    simulate.add_argument("--concurrency", type=int, default=20, help="requests in flight at once")
+    simulate.add_argument("--seed", type=int, default=7, help="seed of users, visits and clicks")
+    simulate.add_argument("--k", type=int, default=10, help="items asked for per request")
     simulate.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long at most")
-    simulate.add_argument("--data", help="data spec the models were trained on ($ABTEST_DATA)")
-    simulate.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    simulate.add_argument("--data", help="data spec the models were trained on (default: $ABTEST_DATA or synthetic)")
+    simulate.add_argument("--json", type=Path, help="also write the summary as JSON to this file")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(run=_cmd_simulate)
 
-    report = commands.add_parser("report", help="build the A/B results report (report.md, .html, .json)")
-    report.add_argument("--results-dir", type=Path, default=_results_dir(), help="where outcomes.sqlite3 is")
+    report = _add_command(
+        commands,
+        "report",
+        help_text="build the A/B results report (report.md, .html, .json) from the outcome store",
+        examples="  abtest report\n  abtest report --phase 1\n  abtest report --results-dir /srv/ab/results --quiet",
+    )
+    report.add_argument(
+        "--results-dir", type=Path, default=_results_dir(), help="where outcomes.sqlite3 is ($RESULTS_DIR)"
+    )
     report.add_argument("--phase", type=int, help="which phase (default: the latest)")
     report.add_argument("--quiet", action="store_true", help="only list the files written")
     report.set_defaults(run=_cmd_report)
 
-    bench = commands.add_parser("bench", help="benchmarks: figures printed and written under the results folder")
+    bench = _add_command(
+        commands,
+        "bench",
+        help_text="benchmarks: figures printed and written under the results folder",
+        examples=(
+            "  abtest bench models               # each model server's cost\n"
+            "  abtest bench store                # outcome writes/s; its last step overloads the store on purpose\n"
+            "  abtest bench router --rounds 1 --seconds 3 --soak-seconds 0\n"
+            "  abtest bench all"
+        ),
+    )
     bench.add_argument(
         "what",
-        choices=["models", "router", "store", "all"],
+        choices=[*(name for name, run in BENCHES.items() if run is not None), "all"],
         help="models: each model server's cost; router: router vs direct vs nginx; store: outcome writes/s",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
@@ -178,13 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--baseline", type=Path, help="router: also run the router from this checkout (e.g. a git worktree of main)"
     )
-    bench.add_argument("--results-dir", type=Path, default=_results_dir())
+    bench.add_argument("--results-dir", type=Path, default=_results_dir(), help="where the figures go ($RESULTS_DIR)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    reserved = next((name for name in RESERVED_COMMANDS if arguments[:1] == [name]), None)
+    bench_reserved = arguments[:1] == ["bench"] and any(
+        arguments[1:2] == [name] for name, run in BENCHES.items() if run is None
+    )
+    if reserved or bench_reserved:
+        command = reserved or f"bench {arguments[1]}"
+        print(f"abtest {command}: not available in this version yet", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(arguments)
     try:
         return int(args.run(args))
     except (DataError, ServiceError) as exc:

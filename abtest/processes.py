@@ -25,6 +25,25 @@ class ServiceError(RuntimeError):
     """A service exited or did not become healthy in time."""
 
 
+#: Runs before the service's own program, in the child: ask Linux to SIGTERM this process when the thread that
+#: started it dies (however it dies, SIGKILL included), then exec the service in place (same pid; the request
+#: survives exec). If that parent is already gone, exit instead of running unsupervised.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the process that started this service is gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def can_die_with_parent() -> bool:
+    """Whether `start_service(..., die_with_parent=True)` is backed by the kernel here (Linux only)."""
+    return sys.platform.startswith("linux")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -43,11 +62,21 @@ def start_service(
     env: Mapping[str, str] | None = None,
     log: IO[str] | int | None = None,
     cwd: str | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[str]:
-    """Start a service in its own process group, so stopping it stops everything it started."""
+    """Start a service in its own process group, so stopping it stops everything it started.
+
+    `die_with_parent=True` (Linux): the kernel SIGTERMs the service when the calling *thread* ends, even if
+    this process is SIGKILLed or crashes, so nothing is left running on its port (PR_SET_PDEATHSIG, set in
+    the child before it execs the service; the pid stays the service's). Call it from a thread that lives as
+    long as the service should (the main thread). Elsewhere the flag does nothing: stop the service yourself.
+    """
     merged = {**os.environ, **(env or {})}
+    command = list(argv)
+    if die_with_parent and can_die_with_parent():
+        command = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
     return subprocess.Popen(  # noqa: S603 - argv is built by this project, never from user input
-        list(argv),
+        command,
         env=merged,
         cwd=cwd,
         stdout=log,

@@ -9,14 +9,22 @@ whatever the concurrency.
     summary.exposures
     500
 
-It talks only to the URL it is given: `GET {url}/recommend/{user_id}?k=K` and `POST {url}/feedback`.
+It talks only to the URL it is given: `GET {url}/health` first (an unreachable router fails at once with
+RouterUnreachableError, instead of every request failing), then `GET {url}/recommend/{user_id}?k=K` and
+`POST {url}/feedback`.
+
+Its numbers are named as the report names them: CTR is the share of exposures with at least one click;
+clicks per exposure is shown beside it. Because clicks come from the ground truth, it also knows what each
+variant's lists were truly worth (the expected CTR of every list served, from the users' true affinities):
+the answer a sound experiment should find.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +34,60 @@ from httpx_aiohttp import AiohttpTransport
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from abtest.ground_truth import ExpectedCtr, expected_ctr, truly_better
 from recsys.clicks import ClickModel
-from recsys.data import Dataset, GroundTruth, load_dataset
+from recsys.data import Dataset, FittedTruth, GroundTruth, load_dataset
+from recsys.logs import round_floats
+
+
+class RouterUnreachableError(RuntimeError):
+    """The router did not answer GET /health: nothing was sent. `reason` says why, in words."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"router unreachable at {url} ({reason})")
+        self.url = url
+        self.reason = reason
+
+
+def check_url(url: str) -> str:
+    """`url` without a trailing slash; ValueError unless it is an absolute http:// or https:// URL with a host.
+
+    >>> check_url("http://localhost:8080/")
+    'http://localhost:8080'
+    >>> check_url("localhost:8080")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'localhost:8080' is not an http:// or https:// URL (try http://localhost:8080)
+    """
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        hint = f" (try http://{url})" if "://" not in url else ""
+        raise ValueError(f"{url!r} is not an http:// or https:// URL{hint}")
+    return url.rstrip("/")
+
+
+def transport_error_kind(exc: BaseException) -> str:
+    """What went wrong on the wire, in words: connection refused, name not resolved, timed out, ...
+
+    Looks through the chain of causes, because a transport may wrap the cause in a misleading class
+    (httpx-aiohttp reports a refused connection as `ConnectTimeout`).
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(isinstance(error, socket.gaierror) for error in chain):
+        return "name not resolved"
+    if any(isinstance(error, ConnectionRefusedError) for error in chain):
+        return "connection refused"
+    if any(isinstance(error, ConnectionResetError | BrokenPipeError) for error in chain):
+        return "connection reset"
+    if any(isinstance(error, httpx.TimeoutException | TimeoutError) for error in chain):
+        return "timed out"
+    if any(isinstance(error, httpx.RemoteProtocolError) for error in chain):
+        return "connection closed"
+    return type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -59,13 +119,49 @@ class SimulationSummary:
     clicks_accepted: int = 0
     clicks_by_variant: Counter[str] = field(default_factory=Counter)
     feedback_rejected: Counter[int] = field(default_factory=Counter)
-    transport_errors: Counter[str] = field(default_factory=Counter)
-    users: set[str] = field(default_factory=set)
+    transport_errors: Counter[str] = field(default_factory=Counter)  # by kind: "connection refused", ...
+    users: set[str] = field(default_factory=set)  # who visited: a subset of the population
+    population: int = 0  # simulated users who could visit: --users, at most the data set's users
+    requested_users: int = 0  # --users
+    clicked_exposures_by_variant: Counter[str] = field(default_factory=Counter)  # exposures with >= 1 accepted click
+    # variant -> user -> [exposures, sum of P(at least one click)] under the ground truth (abtest.ground_truth)
+    expected_by_user: defaultdict[str, defaultdict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+    )
+    #: Hook: each model's ground-truth CTR on the population, computed from the models (see ModelTruth).
+    model_truth: dict[str, float] | None = None
     elapsed_seconds: float = 0.0
     stopped_by: str = "requests"
 
+    def ctr(self, variant: str) -> float | None:
+        """The report's CTR: share of the variant's exposures with at least one click (None before any)."""
+        shown = self.exposures_by_variant[variant]
+        return self.clicked_exposures_by_variant[variant] / shown if shown else None
+
+    def clicks_per_exposure(self, variant: str) -> float | None:
+        shown = self.exposures_by_variant[variant]
+        return self.clicks_by_variant[variant] / shown if shown else None
+
+    def expected(self, variant: str) -> ExpectedCtr | None:
+        """The expected CTR of the lists the variant served, from the users' true affinities (None before any)."""
+        per_user = self.expected_by_user.get(variant)
+        if not per_user:
+            return None
+        counts = np.array(list(per_user.values()))
+        return expected_ctr(counts[:, 0], counts[:, 1])
+
+    def expected_ctr(self, variant: str) -> float | None:
+        found = self.expected(variant)
+        return found.ctr if found else None
+
+    def ground_truth_prefers(self) -> str | None:
+        """The variant whose served lists are truly better beyond who-got-which noise (99%); None if none is."""
+        judged = {v: found for v in self.exposures_by_variant if (found := self.expected(v)) is not None}
+        return truly_better(judged)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        variants = sorted(self.exposures_by_variant)
+        summary = {
             "requests_sent": self.requests_sent,
             "exposures": self.exposures,
             "statuses": dict(self.statuses),
@@ -73,30 +169,69 @@ class SimulationSummary:
             "clicks_sent": self.clicks_sent,
             "clicks_accepted": self.clicks_accepted,
             "clicks_by_variant": dict(self.clicks_by_variant),
+            "clicked_exposures_by_variant": dict(self.clicked_exposures_by_variant),
+            "ctr_by_variant": {v: self.ctr(v) for v in variants},
+            "clicks_per_exposure_by_variant": {v: self.clicks_per_exposure(v) for v in variants},
+            "expected_ctr_by_variant": {v: self.expected_ctr(v) for v in variants},
+            "ground_truth_prefers": self.ground_truth_prefers(),
+            "model_truth": self.model_truth,
             "feedback_rejected": dict(self.feedback_rejected),
             "transport_errors": dict(self.transport_errors),
             "unique_users": len(self.users),
+            "population": self.population,
             "elapsed_seconds": round(self.elapsed_seconds, 2),
             "stopped_by": self.stopped_by,
         }
+        rounded: dict[str, Any] = round_floats(summary)
+        return rounded
 
     def text(self) -> str:
-        """A few lines for the terminal."""
+        """A few lines for the terminal, with the report's names for the numbers."""
         rate = self.requests_sent / self.elapsed_seconds if self.elapsed_seconds else 0.0
+        capped = (
+            f" (--users {self.requested_users}: the data set has only these)"
+            if self.requested_users > self.population
+            else ""
+        )
         lines = [
-            f"sent {self.requests_sent} requests for {len(self.users)} users in {self.elapsed_seconds:.1f}s "
-            f"({rate:.0f} req/s, stopped by {self.stopped_by})",
+            f"sent {self.requests_sent} requests in {self.elapsed_seconds:.1f}s ({rate:.0f} req/s, "
+            f"stopped by {self.stopped_by}): {len(self.users)} of the {self.population} simulated users{capped} "
+            "visited (each visit picks a user by activity, so a few never come)",
             f"statuses: {dict(sorted(self.statuses.items()))}",
         ]
         for variant in sorted(self.exposures_by_variant):
             shown, clicks = self.exposures_by_variant[variant], self.clicks_by_variant[variant]
-            lines.append(f"  {variant}: {shown} exposures, {clicks} clicks ({clicks / shown:.3f} per exposure)")
+            lines.append(
+                f"  {variant}: {shown} exposures, CTR {_percent(self.ctr(variant))} (exposures with at least one "
+                f"click), {_plain(self.clicks_per_exposure(variant))} clicks per exposure ({clicks} clicks)"
+            )
+        preferred = self.ground_truth_prefers()
+        expected = ", ".join(f"{v} {_percent(self.expected_ctr(v))}" for v in sorted(self.exposures_by_variant))
+        if expected:
+            verdict = (
+                f"{preferred}'s lists were truly better"
+                if preferred
+                else "the lists served were not truly different beyond chance (99%)"
+            )
+            lines.append(f"ground truth: {verdict}; expected CTR of the lists served: {expected}")
+        if self.model_truth:
+            best = max(self.model_truth, key=lambda v: self.model_truth[v] if self.model_truth else 0.0)
+            truths = ", ".join(f"{v} {_percent(ctr)}" for v, ctr in sorted(self.model_truth.items()))
+            lines.append(f"ground truth of the models on every user: {best} is better ({truths})")
         lines.append(f"clicks sent {self.clicks_sent}, accepted {self.clicks_accepted}")
         if self.feedback_rejected or self.transport_errors:
             lines.append(
                 f"feedback rejected: {dict(self.feedback_rejected)}; transport errors: {dict(self.transport_errors)}"
             )
         return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _plain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @dataclass(frozen=True)
@@ -128,17 +263,36 @@ def _population(data: Dataset, config: SimulationConfig) -> _Population:
     )
 
 
+async def probe(client: httpx.AsyncClient, url: str, seconds: float) -> None:
+    """GET /health once; RouterUnreachableError (naming why) unless it answers 200."""
+    try:
+        response = await client.get("/health", timeout=seconds)
+    except httpx.TransportError as exc:
+        raise RouterUnreachableError(url, transport_error_kind(exc)) from exc
+    if response.status_code != 200:
+        raise RouterUnreachableError(url, f"GET /health answered HTTP {response.status_code}: is it the router?")
+
+
 async def simulate(config: SimulationConfig, data: Dataset | None = None) -> SimulationSummary:
-    """Send the traffic; returns when `requests` were sent or `max_seconds` passed, whichever is first."""
-    population = _population(data or load_dataset(config.data_spec), config)
-    summary = SimulationSummary()
+    """Send the traffic; returns when `requests` were sent or `max_seconds` passed, whichever is first.
+
+    Raises RouterUnreachableError, before sending anything, if the router does not answer GET /health.
+    """
     next_request = iter(range(config.requests))
-    deadline = time.monotonic() + config.max_seconds
-    started = time.monotonic()
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
-    bar = tqdm(total=config.requests, desc="simulate", unit="req", disable=not config.progress)
     transport = AiohttpTransport(limits=limits, trust_env=False)  # ~3x less CPU per request than httpcore's pool
     async with httpx.AsyncClient(base_url=config.url, timeout=config.timeout, transport=transport) as client:
+        await probe(client, config.url, seconds=min(config.timeout, 5.0))  # before the data: fail in a moment
+        dataset = data or load_dataset(config.data_spec)
+        population = _population(dataset, config)
+        if config.progress and isinstance(population.truth, FittedTruth):
+            tqdm.write("simulate: fitting the semi-synthetic ground truth of the real ratings (seconds) ...")
+        # Before any request: fitting inside the event loop would stall the requests already in flight.
+        await asyncio.to_thread(population.truth.prepare)
+        summary = SimulationSummary(population=len(population.user_ids), requested_users=config.users)
+        started = time.monotonic()
+        deadline = started + config.max_seconds
+        bar = tqdm(total=config.requests, desc="simulate", unit="req", disable=not config.progress)
 
         async def worker() -> None:
             for number in next_request:
@@ -175,7 +329,7 @@ async def _one_visit(
     try:
         response = await client.get(f"/recommend/{user_id}", params={"k": config.k})
     except httpx.TransportError as exc:
-        summary.transport_errors[type(exc).__name__] += 1
+        summary.transport_errors[transport_error_kind(exc)] += 1
         return
     summary.exposures += 1
     summary.statuses[response.status_code] += 1
@@ -188,7 +342,13 @@ async def _one_visit(
     known = rows >= 0
     affinities = np.full(len(rows), -np.inf)
     affinities[known] = population.truth.affinity(int(population.user_rows[who]), rows[known])
-    clicked = config.click_model.sample_clicks(rng, affinities, float(population.propensity[who]))
+    propensity = float(population.propensity[who])
+    clicked = config.click_model.sample_clicks(rng, affinities, propensity)
+    click_probability = config.click_model.click_probabilities(affinities, propensity)
+    served = summary.expected_by_user[variant][user_id]
+    served[0] += 1
+    served[1] += float(1.0 - np.prod(1.0 - click_probability))
+    accepted = 0
     for position in np.flatnonzero(clicked):
         summary.clicks_sent += 1
         payload = {
@@ -200,10 +360,13 @@ async def _one_visit(
         try:
             feedback = await client.post("/feedback", json=payload)
         except httpx.TransportError as exc:
-            summary.transport_errors[type(exc).__name__] += 1
+            summary.transport_errors[transport_error_kind(exc)] += 1
             continue
         if feedback.status_code < 300:
+            accepted += 1
             summary.clicks_accepted += 1
             summary.clicks_by_variant[variant] += 1
         else:
             summary.feedback_rejected[feedback.status_code] += 1
+    if accepted:
+        summary.clicked_exposures_by_variant[variant] += 1

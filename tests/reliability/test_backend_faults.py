@@ -28,8 +28,19 @@ from tests.support.servers import serve
 
 #: connect + pool + read from `experiment()`: the longest a request to a failing backend may take.
 TIMEOUT_BUDGET = 0.5 + 0.5 + 1.0
-#: What a loaded 2-core machine may add on top (scheduling, GC, the load client sharing the CPU).
+#: What a quiet 2-core machine may add on top (scheduling, GC, the load client sharing the CPU).
 SLACK = 0.75
+
+
+def budget(healthy_seconds: list[float], deadline: float = TIMEOUT_BUDGET) -> float:
+    """The longest a failing request may take: its deadline, the slack, and what the machine added meanwhile.
+
+    A loaded machine delays every answer; the slowest answer of the healthy variant in the same run (which
+    waits on no deadline) measures that delay, so a stall of the whole machine does not fail the test while a
+    request that outlived its deadline still does.
+    """
+    return deadline + SLACK + max(healthy_seconds, default=0.0)
+
 
 ASSIGNED = assigned(USERS, SALT, WEIGHTS)
 USERS_A = [user for user in USERS if ASSIGNED[user] == "model_a"]
@@ -86,10 +97,11 @@ def test_backend_killed_mid_load_every_request_is_answered_in_time_and_stored_on
     assert router.stop() in CLEAN_EXIT_CODES
 
     assert not tally.transport_errors, f"requests left without an answer: {load.summary()}"
-    slowest = max(a.seconds for a in tally.answers)
-    assert slowest < TIMEOUT_BUDGET + SLACK, f"an answer took {slowest:.2f}s"
-    during = [a for a in tally.answers if killed_at < a.started < back_at]
     by_a = [a for a in tally.answers if ASSIGNED[a.user] == "model_a"]
+    slowest = max(a.seconds for a in tally.answers if ASSIGNED[a.user] == "model_b")
+    allowed = budget([a.seconds for a in by_a])
+    assert slowest < allowed, f"an answer took {slowest:.2f}s (allowed {allowed:.2f}s)"
+    during = [a for a in tally.answers if killed_at < a.started < back_at]
     assert all(a.status == 200 and a.variant == "model_a" for a in by_a), "model_a's users were affected"
     if on_error == "error":
         failures = [a for a in tally.answers if a.status != 200]
@@ -163,7 +175,8 @@ def test_hung_or_slow_backend_fails_with_504_after_the_timeout_and_the_other_var
     read_timeout = 1.0
     waits = sorted(a.seconds for a in tally.answers)
     assert waits[0] >= read_timeout - 0.01, f"a 504 came before the read timeout: {waits[0]:.3f}s"
-    assert waits[-1] < read_timeout + SLACK, f"a 504 came {waits[-1]:.3f}s after it was asked for"
+    allowed = budget(during, deadline=read_timeout)
+    assert waits[-1] < allowed, f"a 504 came {waits[-1]:.3f}s after it was asked for (allowed {allowed:.2f}s)"
 
     # The healthy variant: its median may move with CPU noise, but nothing may wait on the hung backend.
     median_before, median_during = statistics.median(before), statistics.median(during)
@@ -173,8 +186,10 @@ def test_hung_or_slow_backend_fails_with_504_after_the_timeout_and_the_other_var
         f"p95 {quantile(before, 0.95) * 1000:.2f} -> {p95_during * 1000:.2f} ms, max {max(during) * 1000:.1f} ms; "
         f"model_b 504s after {waits[0]:.3f}-{waits[-1]:.3f}s"
     )
-    assert median_during <= 3 * median_before + 0.010
-    assert p95_during < 0.2 * read_timeout
+    # Nothing waited on the hung backend: such a probe would wait for the read timeout (or fail on the pool
+    # timeout, which the 200 check catches); CPU noise moves the median by milliseconds, not by that.
+    assert median_during <= 3 * median_before + 0.050
+    assert p95_during < 0.5 * read_timeout
 
     stored = rows(store_path(router), "SELECT request_id, variant, status, error FROM exposures")
     assert len(stored) == 250 + 200 + tally.answered  # warm-up and probes included: one row per answer
@@ -260,7 +275,9 @@ def test_backend_answer_that_never_ends_or_explodes_is_cut_off_and_the_router_su
         f"router RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MB"
     )
     for mode, (status, seconds, text) in answers.items():
-        assert seconds < TIMEOUT_BUDGET + SLACK, f"{mode}: answered after {seconds:.2f}s"
+        # The cause is the status (502 for a body cut at 1 MiB, 504 for the drip's deadline); the clock only
+        # shows the cut came with the deadline, not at the client's 30 s timeout: twice the budget is room.
+        assert seconds < 2 * TIMEOUT_BUDGET + SLACK, f"{mode}: answered after {seconds:.2f}s"
         assert status == (504 if mode == "drip" else 502), (mode, text)
     assert "larger than" in answers["flood"][2] and "larger than" in answers["bomb"][2]
     assert rss_after - rss_before < 64 * 2**20, "the router buffered a runaway answer"

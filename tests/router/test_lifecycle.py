@@ -163,3 +163,4 @@ def test_bad_config_stops_start_up_with_a_message_naming_field_and_value(
     )
     assert result.returncode == 2
     assert "variants.0.weight" in result.stderr and "model_a" in result.stderr and "(got -1)" in result.stderr
+    assert result.stderr.count("(got -1)") == 1, result.stderr  # said once (logged), not logged and printed

@@ -69,13 +69,15 @@ def test_refused_connection_is_unavailable(kind: Kind) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_slow_backend_times_out_after_the_read_timeout(kind: Kind, backends: dict[str, Backend]) -> None:
     backend = backends["model_b"]
-    backend.control.delay = 1.5
+    backend.control.delay = 3.0
     started = time.monotonic()
     with pytest.raises(BackendTimeoutError) as caught:
         run_with_client(kind, lambda c: c.recommend(variant(backend.url), "u", 3))
     elapsed = time.monotonic() - started
+    # The cause is the read timeout: the answer would have been a success, not this error. The clock only
+    # shows it did not fire early, and fired before the answer (10x the deadline: room for a loaded machine).
     assert (caught.value.status_code, caught.value.kind) == (504, "timeout")
-    assert 0.3 <= elapsed < 1.4, elapsed  # the timeout, not the backend's eventual answer
+    assert TIMEOUTS.read <= elapsed < backend.control.delay, elapsed
 
 
 @pytest.mark.parametrize("kind", KINDS)
