@@ -80,6 +80,21 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def label_names(expr: str) -> set[str]:
+    """The label names a PromQL expression matches on or groups by.
+
+    >>> sorted(label_names('sum by (variant, le) (rate(x_bucket{status!~"2..", job="router"}[5m]))'))
+    ['job', 'le', 'status', 'variant']
+    """
+    text = _STRING.sub('""', expr)
+    names = set()
+    for block in _LABELS.findall(text):
+        names |= set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", block))
+    for clause in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)", text):
+        names |= {part.strip() for part in clause.split(",") if part.strip()}
+    return names
+
+
 def load_dashboard(path: Path) -> dict[str, Any]:
     """The dashboard JSON as a mapping. Raises ValueError naming the file if it is not a JSON object."""
     try:
