@@ -6,8 +6,9 @@ what the code reads (scripts/validate-deploy checks the same renders against the
 
 from __future__ import annotations
 
+import importlib
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
@@ -49,7 +50,9 @@ from tests.deploy.manifests import (
 overlays = pytest.mark.parametrize("overlay", OVERLAYS)
 EXPERIMENT = ROOT / "router" / "experiment.yaml"
 #: Env names whose values are paths the process writes to (the values are read from the image and manifests).
-WRITTEN_PATH_ENV = ("RESULTS_DIR", "MODELS_DIR", "MPLCONFIGDIR")
+WRITTEN_PATH_ENV = ("RESULTS_DIR", "MODELS_DIR", "MPLCONFIGDIR", "SURPRISE_DATA_FOLDER")
+#: Env names that a library in the image reads (not our settings), by the module that reads them.
+LIBRARY_ENV = {"SURPRISE_DATA_FOLDER": "surprise.builtin_datasets"}
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|STORE_URL")
 
 
@@ -152,7 +155,14 @@ def test_model_env_names_are_settings_the_model_server_reads(overlay: str) -> No
         image = compose_images()[service(name)["image"]]
         read = environ_reads(module_source(image.module))
         for env in env_values(deployment_for(overlay, service(name)["image"])):
-            assert reads_env(ModelServerSettings, env) or env in read or env in image.env, env
+            assert reads_env(ModelServerSettings, env) or env in read or env in image.env or env in LIBRARY_ENV, env
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY_ENV))
+def test_library_env_names_are_read_by_that_library(name: str) -> None:
+    module = importlib.import_module(LIBRARY_ENV[name])
+    assert module.__file__
+    assert f'"{name}"' in Path(module.__file__).read_text(encoding="utf-8")
 
 
 def test_pending_router_features_are_still_pending() -> None:
