@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from recsys.training import MODEL_NAMES, train_and_save, trainer
+from tests.support.postgres import postgres, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL 15 server)
 
 
 @pytest.fixture(scope="session")

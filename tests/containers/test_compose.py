@@ -62,8 +62,15 @@ def test_compose_has_the_three_services_and_a_demo_simulator() -> None:
 
 
 def test_only_the_router_publishes_a_port() -> None:
+    """Without a profile only the router is reachable; each profile's services publish what its docs name."""
     published = {name: spec["ports"] for name, spec in compose()["services"].items() if "ports" in spec}
-    assert published == {"router": ["8080:8080"]}
+    default = {name: ports for name, ports in published.items() if "profiles" not in service(name)}
+    assert default == {"router": ["8080:8080"]}
+    assert {name: ports for name, ports in published.items() if name not in default} == {
+        "router-pg": ["8081:8080"],
+        "prometheus": ["127.0.0.1:9090:9090"],  # monitoring UIs: this machine only
+        "grafana": ["127.0.0.1:3000:3000"],
+    }
 
 
 @pytest.mark.parametrize("name", SERVERS)
@@ -167,3 +174,134 @@ def test_router_user_defaults_to_the_image_user_and_results_init_grants_it() -> 
 
 def test_compose_file_is_in_the_repository_root() -> None:
     assert Path(ROOT / "docker-compose.yml").is_file()
+
+
+# --- profiles postgres and monitoring ---------------------------------------------------------------------------
+
+PROFILES = {"db": "postgres", "router-pg": "postgres", "prometheus": "monitoring", "grafana": "monitoring"}
+MONITORING = ROOT / "deploy" / "monitoring"
+
+
+def profiled(name: str) -> dict[str, Any]:
+    """A profile's service, checked to be in that profile only (so `docker compose up` alone never starts it)."""
+    spec = service(name)
+    assert spec.get("profiles") == [PROFILES[name]], f"{name} belongs to the profile {PROFILES[name]!r} only"
+    return spec
+
+
+def interpolation(value: str) -> str:
+    """The variable a compose value is read from: `${POSTGRES_PASSWORD:-x}` -> `POSTGRES_PASSWORD`."""
+    match = re.fullmatch(r"\$\{(\w+)(?::-[^}]*)?\}", value)
+    assert match, f"{value!r} is not read from the environment"
+    return match[1]
+
+
+def router_command() -> list[str]:
+    command = next(i for i in reversed(instructions(DOCKERFILES["router"])) if i.keyword == "CMD").exec_form()
+    assert command is not None
+    return command
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profile_service_has_a_healthcheck_podman_accepts_and_a_stop_timeout(name: str) -> None:
+    spec = profiled(name)
+    test = spec["healthcheck"]["test"]
+    assert test[0] in {"CMD", "CMD-SHELL"}
+    if test[0] == "CMD":
+        assert not [arg for arg in test[1:] if re.search(r"\s", arg)], "podman 4.3 splits CMD arguments on spaces"
+    else:
+        assert len(test) == 2
+    assert seconds(spec["stop_grace_period"]) >= 10, "podman's default stop timeout is 0 s (a SIGKILL)"
+    assert spec["restart"] == "unless-stopped"
+
+
+def test_postgres_profile_runs_postgres_15_on_a_named_volume() -> None:
+    db = profiled("db")
+    assert db["image"] == "postgres:15"
+    assert "ports" not in db, "the database is reachable only on the compose network"
+    assert "pg_isready" in db["healthcheck"]["test"][-1]
+    named = {target: source for source, target in (v.split(":")[:2] for v in db["volumes"])}
+    assert named["/var/lib/postgresql/data"] in compose()["volumes"]
+    assert interpolation(db["environment"]["POSTGRES_PASSWORD"]) == "POSTGRES_PASSWORD"
+    assert seconds(db["stop_grace_period"]) >= 20, "time for a fast shutdown's checkpoint"
+
+
+def test_router_pg_stores_in_the_postgres_service_with_two_workers() -> None:
+    router_pg, db = profiled("router-pg"), profiled("db")
+    assert router_pg["image"] == service("router")["image"]
+    assert router_pg["pull_policy"] == "never"
+    assert router_pg["command"] == [*router_command(), "--workers", "2"]
+    assert router_pg["depends_on"]["db"] == {"condition": "service_healthy"}
+    for name in MODELS:
+        assert router_pg["depends_on"][name] == {"condition": "service_healthy"}
+
+    url = urlsplit(router_pg["environment"]["STORE_URL"])
+    assert url.scheme == "postgresql"
+    assert (url.hostname, url.port) == ("db", 5432)
+    assert url.username == db["environment"]["POSTGRES_USER"]
+    assert url.path == "/" + db["environment"]["POSTGRES_DB"]
+    password = router_pg["environment"]["STORE_URL"].split("@")[0].split(":", 2)[2]
+    assert password == db["environment"]["POSTGRES_PASSWORD"], "the same variable, with the same default"
+    assert interpolation(router_pg["environment"]["ROUTER_ADMIN_TOKEN"]) == "ROUTER_ADMIN_TOKEN"
+    config = PurePosixPath(environment("router")["ROUTER_CONFIG"])
+    assert router_pg["environment"]["ROUTER_CONFIG"] == str(config)
+    assert f"./router:{config.parent}:ro" in router_pg["volumes"]
+
+
+def test_prometheus_mounts_its_checked_config_and_rules() -> None:
+    prometheus = profiled("prometheus")
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in prometheus["command"] if "=" in arg)
+    config = PurePosixPath(flags["config.file"])
+    source, target, mode = next(v.split(":") for v in prometheus["volumes"] if v.startswith("./"))
+    assert (target, mode) == (str(config.parent), "ro")
+    folder = ROOT / source
+    assert folder == MONITORING / "prometheus"
+    loaded = yaml.safe_load((folder / config.name).read_text(encoding="utf-8"))
+    for rule_file in loaded["rule_files"]:
+        assert (folder / rule_file).is_file(), f"{rule_file} is not in the mounted folder"
+    named = {target: source for source, target in (v.split(":")[:2] for v in prometheus["volumes"])}
+    assert named[flags["storage.tsdb.path"]] in compose()["volumes"]
+
+
+def scrape_targets() -> dict[str, tuple[str, int]]:
+    """Compose service -> (job, port) that deploy/monitoring/prometheus/prometheus.yml scrapes it as."""
+    loaded = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {}
+    for job in loaded["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for discovery in job["dns_sd_configs"]:
+            assert discovery["type"] == "A"
+            for name in discovery["names"]:
+                targets[name] = (job["job_name"], discovery["port"])
+    return targets
+
+
+def test_prometheus_scrapes_every_router_and_model_server_on_its_port() -> None:
+    targets = scrape_targets()
+    assert set(targets) == {"router", "router-pg", *MODELS}
+    assert targets["router"] == ("router", int(router_command()[router_command().index("--port") + 1]))
+    assert targets["router-pg"] == ("router", int(service("router-pg")["command"][-3]))
+    for name in MODELS:
+        port = next(i for i in instructions(SERVICE_DOCKERFILES[name]) if i.keyword == "EXPOSE").arguments
+        assert targets[name] == ("models", int(port))
+
+
+def test_grafana_is_provisioned_with_the_checked_dashboards_and_prometheus() -> None:
+    grafana = profiled("grafana")
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in grafana["volumes"]) if source[0] == "."}
+    provisioning = MONITORING / "grafana" / "provisioning"
+    assert ROOT / mounts["/etc/grafana/provisioning/datasources"] == provisioning / "datasources"
+    assert ROOT / mounts["/etc/grafana/provisioning/dashboards"] == provisioning / "dashboards"
+
+    provider = yaml.safe_load((provisioning / "dashboards" / "ab-router.yml").read_text(encoding="utf-8"))
+    dashboards = ROOT / mounts[provider["providers"][0]["options"]["path"]]
+    assert sorted(p.name for p in dashboards.glob("*.json")) == ["ab-router.json"]
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert ROOT / mounts[str(home.parent)] / home.name == dashboards / "ab-router.json"
+
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
+    url = urlsplit(datasource["datasources"][0]["url"])
+    assert url.hostname == "prometheus"
+    assert f"127.0.0.1:{url.port}:{url.port}" in service("prometheus")["ports"]
+    assert grafana["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+    assert interpolation(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]) == "GRAFANA_ADMIN_PASSWORD"
