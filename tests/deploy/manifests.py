@@ -31,7 +31,7 @@ SERVERS = ("model_a", "model_b", "router")
 #: Router features the manifests use before the router has them (the lead is adding them). Each test that
 #: reads a name from the code accepts these too, and test_pending_router_features_are_still_pending fails
 #: as soon as the code has one, so that it leaves this list and is checked like every other name.
-PENDING_ROUTER_ENV = frozenset({"STORE_URL"})
+PENDING_ROUTER_ENV: frozenset[str] = frozenset()
 PENDING_ROUTER_OPTIONS = frozenset({"--workers"})
 
 

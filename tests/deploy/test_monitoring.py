@@ -52,7 +52,7 @@ MODEL_SERIES = {
     "model_info": frozenset({"model", "version"}),
 }
 #: False while the model servers answer /metrics with 404; test_model_server_metrics_... says when to flip it.
-MODEL_METRICS_SERVED = False
+MODEL_METRICS_SERVED = True
 
 #: What issue 18 asks the dashboard to show, as the series that carry it.
 DASHBOARD_MUST_SHOW = {
