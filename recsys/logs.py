@@ -122,5 +122,8 @@ def configure_logging(level: str = "info", *, service: str | None = None, fmt: L
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn may have set its own handlers and level already (a server configured earlier in the process):
+        # the root's handler and level decide from now on.
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)

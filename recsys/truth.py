@@ -6,9 +6,9 @@ its items, and P(at least one click) = 1 - prod(1 - P(click at p)) averaged over
 propensity with Gauss-Hermite quadrature. Users are weighted equally: the simulator's visit rates are drawn
 independently of taste, so that is the expected CTR per exposure as the report measures it.
 
-    >>> models = {name: FactorModel.load(Path("models") / name) for name in ("model_a", "model_b")}  # doctest: +SKIP
-    >>> truth = ground_truth_preference(models, load_dataset())  # doctest: +SKIP
-    >>> truth.preferred, truth.of("model_b").ctr  # doctest: +SKIP
+    models = {name: FactorModel.load(Path("models") / name) for name in ("model_a", "model_b")}
+    truth = ground_truth_preference(models, load_dataset())
+    truth.preferred, truth.of("model_b").ctr
     ('model_b', 0.4176...)
 """
 

@@ -7,7 +7,7 @@ undoes the adaptive assignment, provided the propensities are the exact probabil
 
     >>> variant = np.array([0, 1, 1, 0]); propensity = np.array([0.5, 0.5, 0.9, 0.1]); reward = np.array([1, 0, 1, 0])
     >>> values = fixed_policy_values(("a", "b"), variant, propensity, reward)
-    >>> round(values[0].ips.value, 3), round(values[0].snips.value, 3)   # doctest: +SKIP
+    >>> round(values[0].ips.value, 3), round(values[0].snips.value, 3)
     (0.5, 0.167)
 
 Estimators of V(x) = E[reward if every exposure were served x], with w_i = 1{a_i = x} / p_i:

@@ -2,7 +2,7 @@
 
 >>> strategy = HashStrategy(bucket_ranges((("model_a", 0.5), ("model_b", 0.5))), salt="seed")
 >>> strategy.assign("a")
-Assignment(variant='model_a', propensity=0.5)
+Assignment(variant='model_a', propensity=0.5, epoch=None)
 """
 
 from __future__ import annotations

@@ -317,7 +317,9 @@ SECRET_PATTERNS = {
 }
 #: In config-like files, a literal value (not a ${VARIABLE} reference) for a token, secret or password.
 LITERAL_SECRET = re.compile(
-    r"(?i)(?<![\w${])[A-Z0-9_]*(TOKEN|SECRET|PASSWORD|API_KEY)\b[\"']?\s*[:=]\s*[\"']?(?!\$|\s|[\"']|$)([^\s\"'#]+)"
+    # ...but not a flag such as `automountServiceAccountToken: false`.
+    r"(?i)(?<![\w${])[A-Z0-9_]*(TOKEN|SECRET|PASSWORD|API_KEY)\b[\"']?\s*[:=]\s*[\"']?"
+    r"(?!\$|\s|[\"']|$|(?:true|false)\b)([^\s\"'#]+)"
 )
 CONFIG_LIKE = re.compile(r"(\.ya?ml|\.env|\.toml|\.ini|\.cfg|\.conf|Dockerfile|\.sh|\.json)$|(^|/)\.env")
 
