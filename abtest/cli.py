@@ -106,7 +106,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from abtest.bench import models, router, store
+    from abtest.bench import models, router, sensitivity, store
 
     if args.what in ("models", "all"):
         models.run(args.results_dir, seconds=args.seconds)
@@ -120,6 +120,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             soak_seconds=args.soak_seconds,
             baseline=args.baseline,
         )
+    if args.what in ("sensitivity", "all"):
+        sensitivity.run(args.results_dir)
     return 0
 
 
@@ -168,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks: figures printed and written under the results folder")
     bench.add_argument(
         "what",
-        choices=["models", "router", "store", "all"],
-        help="models: each model server's cost; router: router vs direct vs nginx; store: outcome writes/s",
+        choices=["models", "router", "store", "sensitivity", "all"],
+        help="models: each model server's cost; router: router vs direct vs nginx (and interleaved); store: "
+        "outcome writes/s; sensitivity: users an A/B test and interleaving need to find the better model",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
     bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")
