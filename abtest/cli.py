@@ -55,11 +55,17 @@ def _bench_router(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_sensitivity(args: argparse.Namespace) -> None:
+    from abtest.bench import sensitivity
+
+    sensitivity.run(args.results_dir)
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
     "models": _bench_models,
     "store": _bench_store,
     "router": _bench_router,
-    "sensitivity": None,
+    "sensitivity": _bench_sensitivity,
     "bandit": None,
 }
 BENCH_ALL = ("models", "store", "router")
@@ -325,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "what",
         choices=[*(name for name, run in BENCHES.items() if run is not None), "all"],
-        help="models: each model server's cost; router: router vs direct vs nginx; store: outcome writes/s",
+        help="models: each model server's cost; router: router vs direct vs nginx (and interleaved); store: "
+        "outcome writes/s; sensitivity: users an A/B test and interleaving need to find the better model",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
     bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")

@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from router.errors import ConfigError, ConfigFileError
 from router.store import default_store_url
-from router.strategies import STRATEGIES, Unit
+from router.strategies import STRATEGIES, Unit, fan_out_of
 
 #: A variant name: also a header value and a metrics label, so it is kept plain.
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
@@ -252,6 +252,25 @@ class ExperimentConfig(BaseModel):
             raise ValueError("on_error is 'fallback' but fallback_variant is not set")
         return self
 
+    @model_validator(mode="after")
+    def _fan_out_can_merge_the_variants(self) -> ExperimentConfig:
+        """A strategy that merges the variants' lists (interleave) says which variants it can merge."""
+        fan_out = fan_out_of(self.strategy)
+        if fan_out is None:
+            return self
+        names = [v.name for v in self.variants]
+        fan_out.check_variants(names)  # a ValueError with the strategy's own message (e.g. not exactly 2)
+        if fan_out.label in names:
+            raise ValueError(
+                f"variant name {fan_out.label!r} is what strategy {self.strategy!r} answers with; rename the variant"
+            )
+        if self.on_error == "fallback":
+            raise ValueError(
+                f"on_error 'fallback' does not apply to strategy {self.strategy!r}: when one backend fails the "
+                "other's list is served alone (a degraded interleave); set on_error: error"
+            )
+        return self
+
     @property
     def weights(self) -> tuple[tuple[str, float], ...]:
         """Each variant's share of traffic, in config order, summing to 1."""
@@ -297,8 +316,12 @@ def phase_key(config: ExperimentConfig) -> str:
 
 
 def phase_design(config: ExperimentConfig) -> dict[str, Any]:
-    """The configuration a phase records (`phases.config_json`): the design plus where each variant lived."""
-    return {
+    """The configuration a phase records (`phases.config_json`): the design plus where each variant lived.
+
+    A fan-out strategy's phase also records `fan_out` (what its answers are labelled, how lists are merged), so
+    the report knows the phase compares merged lists without looking the strategy up by name.
+    """
+    design: dict[str, Any] = {
         "experiment": config.experiment,
         "strategy": config.strategy,
         "unit": config.unit,
@@ -308,6 +331,10 @@ def phase_design(config: ExperimentConfig) -> dict[str, Any]:
             for v, (_, share) in zip(config.variants, config.weights, strict=True)
         ],
     }
+    fan_out = fan_out_of(config.strategy)
+    if fan_out is not None:
+        design["fan_out"] = {"label": fan_out.label, "method": fan_out.method}
+    return design
 
 
 class RouterSettings(BaseSettings):

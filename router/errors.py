@@ -143,19 +143,31 @@ class RecommendationFailedError(RouterError):
     """No variant could answer a /recommend request; the failure was recorded as an exposure.
 
     Raised `from` the BackendError of the assigned variant (its status is the answer's); `detail` adds the
-    fallback's failure when there was one. The client gets the request id, so the error can be traced.
+    fallback's failure when there was one, or the other backend's when an interleaved request lost both (then
+    `served_as` names the answer's variant, "interleaved"). The client gets the request id, so the error can be
+    traced.
     """
 
-    def __init__(self, cause: BackendError, request_id: str, *, fallback_failure: BackendError | None = None) -> None:
+    def __init__(
+        self,
+        cause: BackendError,
+        request_id: str,
+        *,
+        fallback_failure: BackendError | None = None,
+        also_failed: BackendError | None = None,
+        served_as: str | None = None,
+    ) -> None:
         detail = f"variant {cause.variant} failed: {cause.detail}"
         if fallback_failure is not None:
             detail += (
                 f"; fallback {fallback_failure.variant} failed too ({fallback_failure.kind}: {fallback_failure.detail})"
             )
+        if also_failed is not None:  # a fan-out (interleave) asked both: neither list came back
+            detail += f"; {also_failed.variant} failed too ({also_failed.kind}: {also_failed.detail})"
         super().__init__(detail)
         self.cause = cause
         self.status_code = cause.status_code
-        self.variant = cause.variant
+        self.variant = served_as or cause.variant
         self.kind = cause.kind
         self.request_id = request_id
 

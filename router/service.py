@@ -8,9 +8,9 @@
     await service.stop()                                    # flushes the outcome store
 
 A recommendation goes through three steps, each its own method: `_assign` (override or strategy: the variant
-and its propensity), `_forward` (the backend call, with the fallback; where a request that fans out to several
-backends belongs), `_record` (the exposure, metrics, log). Errors are router.errors' tree; the web layer turns
-them into answers.
+and its propensity), `_forward` (the backend call, with the fallback; or, when the strategy's spec has a fan-out
+such as interleave, every backend at once and one merged list), `_record` (the exposure, metrics, log). Errors
+are router.errors' tree; the web layer turns them into answers.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ from router.errors import (
     StoreOverloadedError,
     UnknownOverrideError,
 )
+from router.interleaving import NoListError
 from router.metrics import Metrics
 from router.monitor import BackendMonitor
 from router.proxy import BackendClient, Recommendation, open_client
 from router.store import Exposure, Feedback, OutcomeStore, backend_for
-from router.strategies import Outcome, SplitInputs, Strategy, build_strategy
+from router.strategies import FanOut, Outcome, SplitInputs, Strategy, build_strategy, fan_out_of
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Live:
     phase: int
     key: str
     variants: dict[str, Variant]
+    fan_out: FanOut | None = None  # set when the strategy asks every backend and merges (interleave)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,11 @@ class Forwarded:
     recommendation: Recommendation | None
     failure: BackendError | None = None  # the assigned variant's failure (also set after a fallback)
     fallback_failure: BackendError | None = None
+    # A fan-out (interleave): who placed each item (() when nothing came back), the variant whose backend failed
+    # in a degraded interleave, and the other backend's failure when both failed.
+    teams: tuple[str, ...] | None = None
+    failed_variant: str | None = None
+    also_failed: BackendError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +212,7 @@ class RouterService:
 
     def _make_live(self, config: ExperimentConfig, phase: int, key: str) -> Live:
         strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng))
-        return Live(config, strategy, phase, key, {v.name: v for v in config.variants})
+        return Live(config, strategy, phase, key, {v.name: v for v in config.variants}, fan_out_of(config.strategy))
 
     # -- recommendation ----------------------------------------------------------------------------
 
@@ -221,12 +228,16 @@ class RouterService:
         live = self.live
         choice = self._assign(live, user_id, forced)
         request_id = self._next_request_id()
-        forwarded = await self._forward(live, choice, user_id, k)
+        forwarded = await self._forward(live, choice, user_id, k, request_id)
         self._record(live, choice, forwarded, ts=ts, started=started, request_id=request_id, user_id=user_id, k=k)
         if forwarded.recommendation is None:
             assert forwarded.failure is not None  # no answer means the assigned variant failed
             raise RecommendationFailedError(
-                forwarded.failure, request_id, fallback_failure=forwarded.fallback_failure
+                forwarded.failure,
+                request_id,
+                fallback_failure=forwarded.fallback_failure,
+                also_failed=forwarded.also_failed,
+                served_as=forwarded.variant if forwarded.teams is not None else None,
             ) from forwarded.failure
         return Answer(
             annotate(forwarded.recommendation.body, forwarded.variant, request_id), forwarded.variant, request_id
@@ -245,12 +256,15 @@ class RouterService:
         assignment = live.strategy.assign(user_id)
         return Choice(assignment.variant, "strategy", assignment.propensity)
 
-    async def _forward(self, live: Live, choice: Choice, user_id: str, k: int) -> Forwarded:
+    async def _forward(self, live: Live, choice: Choice, user_id: str, k: int, request_id: str) -> Forwarded:
         """Ask the chosen variant's backend; on failure, the fallback variant when the config names one.
 
-        Never raises for a backend failure: the result says who failed, so the exposure is recorded either way.
-        (A strategy that asks several backends per request, such as interleaving, fans out here.)
+        A strategy with a fan-out (interleave) asks every backend instead (`_fan_out`); a QA override still asks
+        the one variant it names. Never raises for a backend failure: the result says who failed, so the
+        exposure is recorded either way.
         """
+        if live.fan_out is not None and choice.assignment == "strategy":
+            return await self._fan_out(live, live.fan_out, user_id, k, request_id)
         client = self.client()
         try:
             recommendation = await client.recommend(live.variants[choice.variant], user_id, k)
@@ -268,6 +282,40 @@ class RouterService:
             self.metrics.fallback(choice.variant, fallback)
             return Forwarded(fallback, "fallback", recommendation, failure)
         return Forwarded(choice.variant, choice.assignment, recommendation)
+
+    async def _fan_out(self, live: Live, fan_out: FanOut, user_id: str, k: int, request_id: str) -> Forwarded:
+        """Ask every variant's backend at once (each with the configured timeouts) and merge their lists.
+
+        Latency is the slower backend's, not the sum. One backend failing gives a degraded list (the other's
+        alone, `failed_variant` set); all failing gives no answer (the first failure, in config order, is the
+        error's status). The merge is seeded by the request id, so the list can be rebuilt from the log.
+        """
+        client = self.client()
+        variants = tuple(live.variants.values())
+        answers = await asyncio.gather(*(_ask(client, variant, user_id, k) for variant in variants))
+        failures = [answer for answer in answers if isinstance(answer, BackendError)]
+        for failure in failures:
+            self.metrics.backend_error(failure.variant, failure.kind)
+        ranked = {
+            variant.name: answer.items if isinstance(answer, Recommendation) else None
+            for variant, answer in zip(variants, answers, strict=True)
+        }
+        try:
+            merged = fan_out.merge(ranked, k, request_id)
+        except NoListError:
+            also = failures[1] if len(failures) > 1 else None
+            return Forwarded(fan_out.label, "strategy", None, failures[0], teams=(), also_failed=also)
+        if merged.failed is not None:
+            self.metrics.fallback(merged.failed, _survivor(merged.variants, merged.failed))
+        items = list(merged.items)
+        return Forwarded(
+            fan_out.label,
+            "strategy",
+            Recommendation(orjson.dumps({"items": items}), items),
+            failures[0] if failures else None,
+            teams=merged.teams,
+            failed_variant=merged.failed,
+        )
 
     def _record(
         self,
@@ -303,11 +351,18 @@ class RouterService:
                 k=k,
                 items=() if forwarded.recommendation is None else tuple(forwarded.recommendation.items),
                 error=failure.kind if failed and failure is not None else None,
+                teams=forwarded.teams,
+                failed_variant=forwarded.failed_variant,
             )
         )
         self.metrics.observe_request(forwarded.variant, status, elapsed)
         if failure is not None:
-            self._log_backend_error(failure, request_id, fallback=None if failed else forwarded.variant)
+            served_by = forwarded.variant
+            if forwarded.failed_variant is not None:  # a degraded interleave: the other variant's list was served
+                served_by = _survivor(tuple(live.variants), forwarded.failed_variant)
+            self._log_backend_error(failure, request_id, fallback=None if failed else served_by)
+        if forwarded.also_failed is not None:
+            self._log_backend_error(forwarded.also_failed, request_id)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "recommend",
@@ -380,13 +435,15 @@ class RouterService:
             position: int | None = list(exposure.items).index(event.item_id)
         except ValueError:
             position = None
+        # Credit: the serving variant, or on an interleaved exposure the team that placed the item there.
+        credited = exposure.team_of(position)
         accepted = Feedback(
             ts=time.time(),
             request_id=exposure.request_id,
             experiment=exposure.experiment,
             phase=exposure.phase,
             user_id=event.user_id,
-            variant=exposure.variant,
+            variant=credited,
             assignment=exposure.assignment,
             item_id=event.item_id,
             position=position,
@@ -395,9 +452,9 @@ class RouterService:
             attributed_by=attributed_by,
         )
         self.store.record_feedback(accepted)
-        self.metrics.feedback(exposure.variant, event.event)
+        self.metrics.feedback(credited, event.event)
         if exposure.phase == live.phase and exposure.assignment == "strategy":
-            live.strategy.observe(Outcome(exposure.variant, event.user_id, event.event, event.value))
+            live.strategy.observe(Outcome(credited, event.user_id, event.event, event.value))
         return accepted
 
     # -- operations --------------------------------------------------------------------------------
@@ -471,6 +528,19 @@ class RouterService:
             "phase_key": live.key,
             "config_path": str(self.settings.config_path),
         }
+
+
+async def _ask(client: BackendClient, variant: Variant, user_id: str, k: int) -> Recommendation | BackendError:
+    """One backend's answer, or its failure as a value (so a fan-out's other call is never cancelled by it)."""
+    try:
+        return await client.recommend(variant, user_id, k)
+    except BackendError as failure:
+        return failure
+
+
+def _survivor(variants: tuple[str, ...], failed: str) -> str:
+    """The variant whose list a degraded interleave served: the one that did not fail."""
+    return next(name for name in variants if name != failed)
 
 
 def annotate(body: bytes, variant: str, request_id: str) -> bytes:

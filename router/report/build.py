@@ -5,6 +5,10 @@ feedback) are counted and shown, never analysed. Each treatment is compared with
 variant of the phase's configuration) on CTR per exposure, at the unit of randomisation; with several
 treatments the CTR p-values are Holm-corrected. A sample-ratio mismatch withholds every verdict.
 
+A phase that served merged lists (a fan-out strategy: interleave) is compared by interleaving instead: each
+user's vote between the two teams (`interleaving_result`, at the end of this module); its traffic tables show
+the merged lists as one row.
+
     report = build_report(store)                 # an OutcomeStore or a backend: anything with .snapshot()
     print(report.comparisons[0].verdict)
 """
@@ -24,6 +28,7 @@ from router.errors import StoreFormatError
 from router.report import stats
 from router.report.document import (
     Exclusions,
+    InterleavingResult,
     Latency,
     LatencyHistogram,
     OfflineMetrics,
@@ -32,10 +37,11 @@ from router.report.document import (
     TreatmentResult,
     VariantSummary,
 )
+from router.report.interleaving import DegradedCounts, UserCredits, compare_interleaved
 from router.report.load import QUANTILES, PhaseData, SnapshotSource, read_phase
 from router.report.stats import Difference, Estimate, SampleRatio, Unit, UnitCounts
 from router.store.reader import Timeline, UnitTotals
-from router.strategies import unit_of
+from router.strategies import fan_out_of, unit_of
 
 MIN_DETECTABLE_RELATIVE = 0.05
 """The sample-size figure targets the observed difference, but never less than 5 % of the control's CTR."""
@@ -104,12 +110,15 @@ def assemble(data: PhaseData) -> Report:
         notes.append(f"the phase is configured for {strategy} but exposures were logged with {list(data.strategies)}")
 
     weights = _configured_weights(config)
+    interleaving = interleaving_result(data, strategy, list(weights))
+    if interleaving is not None:  # every analysed exposure is a merged list: the tables show them as one row
+        weights = {interleaving.label: 1.0}
     totals = data.totals
     for name in sorted(set(totals.variants) - set(weights)):
         notes.append(f"variant {name} served strategy-assigned traffic but is not in the phase's config")
         weights[name] = 0.0
     names = list(weights)
-    control = names[0]
+    control = names[0] if interleaving is None else interleaving.preference.control
 
     arms = {name: _arm(totals, name, unit) for name in names}
     summaries = tuple(
@@ -172,6 +181,7 @@ def assemble(data: PhaseData) -> Report:
         timeline=tuple(_timeline(name, data.timeline.get(name), data.phase.started_at) for name in names),
         latency_histogram=_latency_histogram(data, names),
         notes=tuple(notes),
+        interleaving=interleaving,
     )
 
 
@@ -426,3 +436,31 @@ def _latency_histogram(data: PhaseData, names: Sequence[str]) -> LatencyHistogra
     empty: NDArray[np.int64] = np.zeros(len(data.latency_edges) - 1, np.int64)
     counts = {name: tuple(int(c) for c in data.latency_counts.get(name, empty)) for name in names}
     return LatencyHistogram(tuple(float(e) for e in data.latency_edges), counts)
+
+
+# ---------------------------------------------------------------------------------------------- interleaving
+
+
+def interleaving_result(data: PhaseData, strategy: str, variants: Sequence[str]) -> InterleavingResult | None:
+    """The interleaving comparison of a phase that served merged lists; None for any other phase.
+
+    The phase's recorded `fan_out` says it merged lists (else the strategy's registered one does); the teams
+    are the configured variants, the first one the control. Degraded interleaves count per failing variant
+    (availability, not preference); the preference is over each user's non-degraded exposures.
+    """
+    recorded = data.phase.config.get("fan_out")
+    if isinstance(recorded, dict) and isinstance(recorded.get("label"), str):
+        label, method = str(recorded["label"]), str(recorded.get("method", "merge"))
+    else:
+        fan_out = fan_out_of(strategy)
+        if fan_out is None:
+            return None
+        label, method = fan_out.label, fan_out.method
+    if len(variants) != 2:
+        raise StoreFormatError(f"an interleaving phase compares 2 variants, its config has {list(variants)}")
+    control, treatment = variants
+    totals = data.interleaving
+    credits = UserCredits.of(totals.of(control), totals.of(treatment))
+    degraded = DegradedCounts(totals.exposures, tuple((name, totals.degraded.get(name, 0)) for name in variants))
+    preference = compare_interleaved(control, treatment, credits, degraded)
+    return InterleavingResult(label, method, totals.exposures, totals.failed, preference, preference.sequential_verdict)

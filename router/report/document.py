@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from router.report.interleaving import Preference
 from router.report.stats import Difference, Estimate, SampleRatio, Unit
 
 
@@ -103,6 +104,27 @@ class LatencyHistogram:
 
 
 @dataclass(frozen=True)
+class InterleavingResult:
+    """An interleaving phase: which model's recommendations users prefer, one vote per user (docs/interleaving.md).
+
+    `verdict` leads the report: the always-valid line, safe to act on whenever the report is read (the live
+    /report is read often). The fixed-horizon line (`preference.verdict`) is shown beside it, valid only at one
+    planned look.
+    """
+
+    label: str
+    """What the merged answers were served (and logged) as: "interleaved"."""
+    method: str
+    """How the lists were merged: "team-draft"."""
+    exposures: int
+    """Every interleaved exposure of the phase, degraded and failed ones included."""
+    failed: int
+    """Interleaved requests both backends failed (answered with an error; no list, no vote)."""
+    preference: Preference
+    verdict: str
+
+
+@dataclass(frozen=True)
 class Report:
     """The A/B results of one phase of one experiment."""
 
@@ -129,12 +151,16 @@ class Report:
     latency_histogram: LatencyHistogram | None
     notes: tuple[str, ...]
     """Warnings an experimenter must read (SRM, users in several variants, variants without traffic)."""
+    interleaving: InterleavingResult | None = None
+    """Set for a phase that served merged lists (strategy interleave); the A/B tables then show one row, the
+    merged lists, and the comparison of the two models is this."""
 
 
 __all__ = [
     "Difference",
     "Estimate",
     "Exclusions",
+    "InterleavingResult",
     "Latency",
     "LatencyHistogram",
     "OfflineMetrics",

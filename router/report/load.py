@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from router.errors import NoDataError
-from router.store.reader import GroupBy, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
+from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
 
 #: What is analysed today: exposures assigned by the strategy, counted for the variant that served them.
 ANALYSED: tuple[str, ...] = ("strategy",)
@@ -56,6 +56,8 @@ class PhaseData:
     latency_counts: Mapping[str, NDArray[np.int64]]
     timeline: Mapping[str, Timeline]
     variant_info: Mapping[str, Mapping[str, Any]]
+    interleaving: InterleavingTotals = field(default_factory=InterleavingTotals)
+    """Per-user credits of the analysed interleaved exposures (empty unless the phase interleaves)."""
 
 
 def read_phase(snapshot: PhaseSnapshot, phase: int | None = None) -> PhaseData:
@@ -83,6 +85,7 @@ def read_phase(snapshot: PhaseSnapshot, phase: int | None = None) -> PhaseData:
         latency_counts={} if edges is None else snapshot.latency_histogram(number, edges=edges, **selection),
         timeline=snapshot.timeline(number, buckets=TIMELINE_POINTS, **selection),
         variant_info=snapshot.variant_info(number),
+        interleaving=snapshot.interleaving_totals(number, assignments=ANALYSED),
     )
 
 

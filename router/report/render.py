@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from router.report.build import format_p, format_pp
-from router.report.document import Report
+from router.report.document import InterleavingResult, Report
+from router.report.interleaving import SEQUENTIAL_METHOD, format_delta
 from router.report.stats import Difference, Estimate
 
 JSON_VERSION = 1
@@ -41,7 +42,7 @@ OFFLINE_LABELS = {
     "rmse": "RMSE",
 }
 NUMERIC = re.compile(r"^(?:[-+<]\s?)?[\d.,]+")  # cells right-aligned in HTML tables
-BULLETED = ("verdict", "exclusions", "method")
+BULLETED = ("verdict", "exclusions", "method", "interleaving-verdict", "interleaving-method")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -81,6 +82,8 @@ def _finite(value: Any) -> Any:
 
 def sections(report: Report) -> tuple[Section, ...]:
     """The report's content, shared by Markdown and HTML."""
+    if report.interleaving is not None:
+        return interleaving_sections(report, report.interleaving)
     return (
         _verdict_section(report),
         _traffic_section(report),
@@ -322,12 +325,99 @@ def _method_section(report: Report) -> Section:
     )
 
 
+# ---------------------------------------------------------------------------------------------- interleaving
+
+
+def interleaving_sections(report: Report, result: InterleavingResult) -> tuple[Section, ...]:
+    """An interleaving phase: the preference verdict and per-user votes, then the merged lists' traffic."""
+    return (
+        _interleaving_verdict_section(result),
+        _interleaving_votes_section(result),
+        _traffic_section(report),
+        _outcomes_section(report),
+        _exclusions_section(report),
+        _interleaving_method_section(result),
+    )
+
+
+def _interleaving_verdict_section(result: InterleavingResult) -> Section:
+    preference = result.preference
+    pair = f"**{preference.treatment} vs {preference.control}**"
+    lines = [
+        f"{pair}: {result.verdict}",
+        f"Fixed-horizon (valid only when this is the one planned look): {preference.verdict}",
+    ]
+    note = preference.degraded.note()
+    if note:
+        lines.append(f"Availability: {note}")
+    if result.failed:
+        lines.append(
+            f"Both backends failed for {result.failed:,} interleaved requests (answered with an error, no list)"
+        )
+    return Section(
+        "interleaving-verdict", "Verdict (interleaving: which model's recommendations users prefer)", tuple(lines)
+    )
+
+
+def _interleaving_votes_section(result: InterleavingResult) -> Section:
+    p = result.preference
+    fixed = f"{format_delta(p.delta)}, {format_p(p.p_value)}" if p.delta and p.p_value is not None else "-"
+    always = (
+        f"{format_delta(p.sequential.interval)}, {format_p(p.sequential.p_value)}"
+        if p.sequential is not None
+        else f"- ({p.sequential_reason})"
+    )
+    degraded = dict(p.degraded.failed)
+    rows = (
+        (p.treatment, f"{p.wins:,}", f"{p.treatment_clicks:,}", f"{degraded.get(p.treatment, 0):,}"),
+        (p.control, f"{p.losses:,}", f"{p.control_clicks:,}", f"{degraded.get(p.control, 0):,}"),
+        ("tie", f"{p.ties:,}", "-", "-"),
+    )
+    return Section(
+        "interleaving-votes",
+        "Preference per user",
+        (
+            f"{result.exposures:,} interleaved exposures; {p.users:,} users with an exposure both backends "
+            f"answered, {p.users_with_click:,} of them with a credited click. A user whose credited clicks favour "
+            "a team votes for it; equal credit is a tie.",
+            f"Δ = (users preferring {p.treatment} − users preferring {p.control}) / users with a credited click: "
+            f"{fixed} (fixed-horizon); {always} (always valid).",
+        ),
+        ("team", "users preferring it", "credited clicks", "degraded interleaves it caused"),
+        rows,
+    )
+
+
+def _interleaving_method_section(result: InterleavingResult) -> Section:
+    p = result.preference
+    return Section(
+        "interleaving-method",
+        "Method",
+        (
+            f"Every request got one list merged from both models' lists by {result.method} interleaving "
+            "(a coin per round, seeded by the request id, decides which team picks first; each team adds its "
+            "best item not yet shown). Each position remembers the team that placed it.",
+            "A click is credited to the team of its position (an item both models ranked counts for whichever "
+            "placed it); a position clicked twice counts once. Unit of analysis: the user, one vote each.",
+            f"Fixed-horizon: {p.method}. Always valid: {SEQUENTIAL_METHOD}, safe however often the report "
+            "is read; it leads the verdict.",
+            "Degraded interleaves (one backend failed, the other's list served alone) and their clicks are no "
+            "votes: they count as the failing model's availability loss. QA overrides are excluded.",
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- Markdown
+
+
+def _title(report: Report) -> str:
+    kind = "Interleaving" if report.interleaving is not None else "A/B"
+    return f"{kind} results: {report.experiment}, phase {report.phase}"
 
 
 def render_markdown(report: Report) -> str:
     """The report as Markdown, readable in a terminal."""
-    lines = [f"# A/B results: {report.experiment}, phase {report.phase}", ""]
+    lines = [f"# {_title(report)}", ""]
     for line in _header_lines(report):
         lines += [line, ""]
     banner = _srm_banner(report)
@@ -365,7 +455,7 @@ th { background: #f3f3f3; }
 
 def render_html(report: Report) -> str:
     """A self-contained HTML page: inline CSS and SVG plots, no scripts, no external assets."""
-    title = f"A/B results: {report.experiment}, phase {report.phase}"
+    title = _title(report)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from router.errors import ConfigError
 from router.store.backend import Failure, StoreBackend
 from router.store.outcomes import OutcomeStore, StoreStats
-from router.store.reader import PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
+from router.store.reader import InterleavingTotals, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
 from router.store.records import Exposure, Feedback, Record, VariantInfo
 from router.store.sqlite import SQLiteBackend
 
@@ -32,6 +32,7 @@ __all__ = [
     "Exposure",
     "Failure",
     "Feedback",
+    "InterleavingTotals",
     "OutcomeStore",
     "PhaseRecord",
     "PhaseSnapshot",

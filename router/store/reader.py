@@ -60,6 +60,30 @@ class UnitTotals:
 
 
 @dataclass(frozen=True)
+class InterleavingTotals:
+    """One phase's interleaved exposures (those with `teams`), for the interleaving analysis.
+
+    `credits[team][u]` counts user u's clicked positions credited to `team` (the feedback row's `variant`), over
+    the user's interleaved exposures that both backends answered; a position clicked twice counts once. `users`
+    is how many users have such an exposure (with or without a click), so every array has `users` entries in
+    one user order; a team nobody clicked has no entry (`of` gives zeros). `exposures` counts every interleaved
+    exposure; `degraded` those served from one list because the named variant's backend failed; `failed` those
+    answered with an error because every backend failed.
+    """
+
+    users: int = 0
+    credits: Mapping[str, NDArray[np.int64]] = field(default_factory=dict)
+    exposures: int = 0
+    degraded: Mapping[str, int] = field(default_factory=dict)
+    failed: int = 0
+
+    def of(self, team: str) -> NDArray[np.int64]:
+        """Per user, the clicks credited to `team` (zeros if it has none)."""
+        found = self.credits.get(team)
+        return np.zeros(self.users, np.int64) if found is None else found
+
+
+@dataclass(frozen=True)
 class Timeline:
     """Cumulative exposures and clicked exposures of one variant at the end of each time bucket."""
 
@@ -113,3 +137,6 @@ class PhaseSnapshot(Protocol):
 
     def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
         """Each variant's GET /info recorded for the phase."""
+
+    def interleaving_totals(self, phase: int, *, assignments: Sequence[str]) -> InterleavingTotals:
+        """Per user, clicks credited to each team over the phase's selected interleaved exposures (counted in SQL)."""

@@ -43,6 +43,17 @@ class Exposure:
     k: int
     items: tuple[int, ...]
     error: str | None
+    # Interleaved exposures only (schema version 3); the defaults are every other exposure's.
+    teams: tuple[str, ...] | None = None
+    """The variant that placed each item of `items`; () when every backend failed; None: not interleaved."""
+    failed_variant: str | None = None
+    """A degraded interleave: the variant whose backend failed (the other's list was served alone)."""
+
+    def team_of(self, position: int | None) -> str:
+        """Who gets the credit for feedback on `position`: its team when interleaved, else the serving variant."""
+        if self.teams is not None and position is not None and 0 <= position < len(self.teams):
+            return self.teams[position]
+        return self.variant
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -61,6 +72,8 @@ class Exposure:
             "k": self.k,
             "items": orjson.dumps(list(self.items)).decode(),
             "error": self.error,
+            "teams": None if self.teams is None else orjson.dumps(list(self.teams)).decode(),
+            "failed_variant": self.failed_variant,
         }
 
     @classmethod
@@ -81,6 +94,8 @@ class Exposure:
             k=int(row["k"]),
             items=tuple(orjson.loads(row["items"])),
             error=None if row["error"] is None else str(row["error"]),
+            teams=None if row["teams"] is None else tuple(str(team) for team in orjson.loads(row["teams"])),
+            failed_variant=None if row["failed_variant"] is None else str(row["failed_variant"]),
         )
 
 

@@ -13,6 +13,12 @@ Version history:
     1  phases, exposures, feedback, variant_info
     2  exposures.propensity: the probability with which the strategy chose the assigned variant (NULL for QA
        overrides, which are not randomised); version-1 rows get it from their phase's configured shares
+    3  exposures.teams and exposures.failed_variant: an exposure of a strategy that merges several variants'
+       lists (interleave) records, for every position, the variant that placed the item there (a JSON array
+       beside `items`; '[]' when every backend failed), and the variant whose backend failed when the list
+       was served from the other alone (a degraded interleave); both NULL for every other exposure, so
+       version-2 rows need no backfill. Feedback on an interleaved exposure carries the position's team
+       as its `variant`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -140,6 +146,20 @@ EXPOSURES = Table(
         Column("k", "integer", "how many items were asked for"),
         Column("items", "text", "JSON array of the item ids shown, best first ('[]' on error)"),
         Column("error", "text", "NULL, or the error kind: 'timeout' | 'unavailable' | 'bad_response'", nullable=True),
+        Column(
+            "teams",
+            "text",
+            "interleaved exposures: JSON array, the variant that placed each item of `items` ('[]' on error); "
+            "NULL otherwise",
+            nullable=True,
+        ),
+        Column(
+            "failed_variant",
+            "text",
+            "a degraded interleave: the variant whose backend failed (the other's list was served alone); NULL "
+            "otherwise",
+            nullable=True,
+        ),
     ),
     indexes=(
         Index("exposures_phase_variant", ("phase", "variant")),
@@ -157,7 +177,11 @@ FEEDBACK = Table(
         Column("experiment", "text", "copied from the exposure"),
         Column("phase", "integer", "copied from the exposure"),
         Column("user_id", "text", "the user"),
-        Column("variant", "text", "copied from the exposure: who served it"),
+        Column(
+            "variant",
+            "text",
+            "copied from the exposure: who served it; on an interleaved exposure the team of the clicked position",
+        ),
         Column("assignment", "text", "copied from the exposure, so analysis can exclude the same rows"),
         Column("item_id", "integer", "the item acted on"),
         Column(
@@ -211,6 +235,20 @@ MIGRATIONS: tuple[Migration, ...] = (
                    ) WHERE assignment != 'override'""",
             ),
             "postgresql": (),  # PostgreSQL stores start at version 2
+        },
+    ),
+    Migration(
+        2,
+        {
+            # Interleaving (issue 14): nullable, and NULL is right for every earlier row (none was interleaved).
+            "sqlite": (
+                "ALTER TABLE exposures ADD COLUMN teams TEXT",
+                "ALTER TABLE exposures ADD COLUMN failed_variant TEXT",
+            ),
+            "postgresql": (
+                "ALTER TABLE exposures ADD COLUMN teams TEXT",
+                "ALTER TABLE exposures ADD COLUMN failed_variant TEXT",
+            ),
         },
     ),
 )

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from router.errors import NoDataError, StoreError, StoreFormatError
 from router.store.backend import Failure
-from router.store.reader import GroupBy, PhaseRecord, Timeline, UnitTotals
+from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
 
@@ -459,6 +459,45 @@ class SQLiteSnapshot:
             str(variant): _json_object(text, f"variant_info of {variant}")
             for variant, text in self._conn.execute(sql, (phase,))
         }
+
+    def interleaving_totals(self, phase: int, *, assignments: Sequence[str]) -> InterleavingTotals:
+        marks = _marks(assignments)
+        # One row per (user, team with credited clicks); a user without a credited click gets (user, NULL, 0).
+        rows = self._conn.execute(
+            f"""
+            SELECT e.user_id, c.variant, COUNT(c.request_id)
+            FROM exposures AS e
+            LEFT JOIN (SELECT DISTINCT request_id, position, variant FROM feedback
+                       WHERE phase = ? AND event = 'click' AND position IS NOT NULL) AS c
+                   ON c.request_id = e.request_id
+            WHERE e.phase = ? AND e.teams IS NOT NULL AND e.failed_variant IS NULL AND e.status = 200
+                  AND e.assignment IN ({marks})
+            GROUP BY e.user_id, c.variant
+            ORDER BY e.user_id
+            """,
+            (phase, phase, *assignments),
+        ).fetchall()
+        user_codes: dict[str, int] = {}
+        for user_id, _, _ in rows:
+            user_codes.setdefault(str(user_id), len(user_codes))
+        credits: dict[str, NDArray[np.int64]] = {}
+        for user_id, team, clicks in rows:
+            if team is not None:
+                credits.setdefault(str(team), np.zeros(len(user_codes), np.int64))[user_codes[str(user_id)]] = clicks
+        counts = self._conn.execute(
+            f"""SELECT failed_variant, status = 200, COUNT(*) FROM exposures
+                WHERE phase = ? AND teams IS NOT NULL AND assignment IN ({marks})
+                GROUP BY failed_variant, status = 200""",
+            (phase, *assignments),
+        ).fetchall()
+        degraded = {str(name): int(n) for name, answered, n in counts if name is not None and answered}
+        return InterleavingTotals(
+            users=len(user_codes),
+            credits=credits,
+            exposures=sum(int(n) for _, _, n in counts),
+            degraded=dict(sorted(degraded.items())),
+            failed=sum(int(n) for _, answered, n in counts if not answered),
+        )
 
 
 def _group_column(by: GroupBy) -> str:

@@ -8,8 +8,12 @@ A new strategy is a module with a class that keeps the `Strategy` protocol (rout
 entry here; the config, the service and the report need no change. The report reads each phase's unit from the
 phase's recorded configuration (`unit`), so it never guesses from a strategy's name.
 
-Modules: ``hashing`` (GrowthBook's hash, bucket ranges: pure), ``base`` (Strategy, Assignment, Unit), ``split``
-(hash and random).
+A strategy whose spec has a `fan_out` (FanOut: a label, a merge, a variant check) is served by asking every
+variant's backend and merging their lists; the service learns that from the spec, so a later multi-backend
+strategy plugs in the same way.
+
+Modules: ``hashing`` (GrowthBook's hash, bucket ranges: pure), ``base`` (Strategy, Assignment, Unit, FanOut),
+``split`` (hash and random), ``interleave`` (team-draft interleaving's strategy).
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from router.strategies.base import Assignment, Outcome, Strategy, Unit
+from router.interleaving import check_team_count, team_draft
+from router.strategies.base import Assignment, FanOut, Merge, Outcome, Strategy, Unit
 from router.strategies.hashing import POINTS, Bucket, bucket_index, bucket_ranges, choose, fnv1a32, unit_point
+from router.strategies.interleave import INTERLEAVED, InterleaveStrategy
 from router.strategies.split import HashStrategy, RandomStrategy
 
 __all__ = [
+    "INTERLEAVED",
+    "INTERLEAVE_FAN_OUT",
     "POINTS",
     "STRATEGIES",
     "Assignment",
     "Bucket",
+    "FanOut",
     "HashStrategy",
+    "InterleaveStrategy",
+    "Merge",
     "Outcome",
     "RandomStrategy",
     "SplitInputs",
@@ -38,6 +49,7 @@ __all__ = [
     "bucket_ranges",
     "build_strategy",
     "choose",
+    "fan_out_of",
     "fnv1a32",
     "unit_of",
     "unit_point",
@@ -61,6 +73,8 @@ class StrategySpec:
     unit: Unit
     build: Callable[[SplitInputs], Strategy]
     summary: str
+    fan_out: FanOut | None = None
+    """Set for a strategy that asks every variant per request and merges their lists (interleave)."""
 
 
 def _hash(inputs: SplitInputs) -> Strategy:
@@ -71,11 +85,25 @@ def _random(inputs: SplitInputs) -> Strategy:
     return RandomStrategy(bucket_ranges(inputs.weights), rng=inputs.rng or random.Random())
 
 
+def _interleave(inputs: SplitInputs) -> Strategy:
+    return InterleaveStrategy()
+
+
+#: Team-draft interleaving of exactly two variants (router.interleaving), answered as "interleaved".
+INTERLEAVE_FAN_OUT = FanOut(INTERLEAVED, "team-draft", team_draft, check_team_count)
+
 STRATEGIES: Mapping[str, StrategySpec] = {
     spec.name: spec
     for spec in (
         StrategySpec("hash", "user", _hash, "sticky per user: GrowthBook's hash of salt + user id picks the variant"),
         StrategySpec("random", "request", _random, "a weighted random draw per request"),
+        StrategySpec(
+            "interleave",
+            "user",
+            _interleave,
+            "one list per request merged from both variants' lists by team draft (weights are not used)",
+            fan_out=INTERLEAVE_FAN_OUT,
+        ),
     )
 }
 
@@ -93,3 +121,9 @@ def unit_of(name: str) -> Unit | None:
     """The unit of the strategy registered as `name`, None if there is no such strategy."""
     spec = STRATEGIES.get(name)
     return None if spec is None else spec.unit
+
+
+def fan_out_of(name: str) -> FanOut | None:
+    """The fan-out of the strategy registered as `name`: None for a single-variant strategy or an unknown name."""
+    spec = STRATEGIES.get(name)
+    return None if spec is None else spec.fan_out

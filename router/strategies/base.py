@@ -10,8 +10,11 @@ designs) are only as honest as it is exact, so a strategy returns the probabilit
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from router.interleaving import Interleaving
 
 #: What a strategy randomises: each user once (sticky), or each request.
 Unit = Literal["user", "request"]
@@ -53,3 +56,26 @@ class Strategy(Protocol):
 
     def observe(self, outcome: Outcome) -> None:
         """Learn from an outcome (adaptive strategies); the others do nothing."""
+
+
+#: How a fan-out strategy merges the variants' lists: every variant in config order -> its ranked items, or None
+#: when its backend failed; k; the request id (seeds any randomness, so the list can be rebuilt). Raises
+#: router.interleaving.NoListError when there is nothing to serve.
+Merge = Callable[[Mapping[str, Sequence[int] | None], int, str], Interleaving]
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """A strategy that asks every variant's backend for each request and serves one merged list.
+
+    The service fans out when a strategy's spec has one (never by the strategy's name): it asks all backends
+    concurrently, merges with `merge`, answers as `label`, and records which variant placed each position.
+
+    `check_variants(names)` raises ValueError, with the message the config shows, for variants it cannot merge.
+    `method` names the merge in the phase's recorded configuration.
+    """
+
+    label: str
+    method: str
+    merge: Merge
+    check_variants: Callable[[Sequence[str]], None]

@@ -14,9 +14,11 @@ from router.config import (
     RouterSettings,
     build_config,
     load_config,
+    phase_design,
     phase_key,
 )
 from router.errors import ConfigError, ConfigFileError
+from router.interleaving import team_count_message
 
 BASE: dict[str, Any] = {
     "experiment": "rec-ab",
@@ -203,3 +205,27 @@ def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(BASE))
     assert load_config(RouterSettings(config_path=path)) == ExperimentConfig.model_validate(BASE)
+
+
+def test_interleave_with_other_than_two_variants_is_refused_with_the_cores_message() -> None:
+    raw = config_with(strategy="interleave")
+    raw["variants"].append({"name": "model_c", "url": "http://model_c:8000", "weight": 50})
+    assert team_count_message(["model_a", "model_b", "model_c"]) in refusal(raw)
+    raw["variants"] = raw["variants"][:1]
+    assert "at least 2 variants" in refusal(raw)
+
+
+def test_interleave_refuses_a_variant_named_like_its_answers_and_the_fallback() -> None:
+    raw = config_with(strategy="interleave")
+    raw["variants"][1]["name"] = "interleaved"
+    assert "'interleaved' is what strategy 'interleave' answers with" in refusal(raw)
+    message = refusal(config_with(strategy="interleave", on_error="fallback", fallback_variant="model_a"))
+    assert "on_error 'fallback' does not apply to strategy 'interleave'" in message
+
+
+def test_interleave_is_a_per_user_strategy_and_its_phase_records_the_merge() -> None:
+    config = build_config(config_with(strategy="interleave"))
+    assert config.unit == "user"
+    assert phase_design(config)["fan_out"] == {"label": "interleaved", "method": "team-draft"}
+    assert "fan_out" not in phase_design(build_config(config_with()))
+    assert phase_key(config) != phase_key(build_config(config_with()))  # switching to it starts a new phase

@@ -19,6 +19,7 @@ from router.strategies import (
     bucket_ranges,
     build_strategy,
     choose,
+    fan_out_of,
     fnv1a32,
     unit_of,
     unit_point,
@@ -194,7 +195,22 @@ def test_each_registered_strategy_declares_its_unit_and_builds_from_the_registry
         strategy = build_strategy(name, inputs)
         assert strategy.name == name and strategy.unit == spec.unit == unit_of(name)
         strategy.observe(Outcome("a", "u1", "click", None))  # fixed splits accept outcomes and ignore them
-        assert strategy.assign("u1").variant in {"a", "b"}
+        # A fan-out strategy's answers carry its label; every other strategy names one of the variants.
+        fan_out = spec.fan_out
+        assert strategy.assign("u1").variant in ({"a", "b"} if fan_out is None else {fan_out.label})
     assert unit_of("hash") == "user" and unit_of("random") == "request" and unit_of("nope") is None
     with pytest.raises(KeyError, match="unknown strategy 'nope'"):
         build_strategy("nope", inputs)
+
+
+def test_interleave_is_registered_with_a_fan_out_that_merges_by_team_draft() -> None:
+    spec = STRATEGIES["interleave"]
+    assert spec.unit == "user" and fan_out_of("interleave") is spec.fan_out is not None
+    assert fan_out_of("hash") is None and fan_out_of("nope") is None
+    assert build_strategy("interleave", SplitInputs((("a", 1.0), ("b", 0.0)), salt="s")).assign("u") == Assignment(
+        "interleaved", 1.0
+    )
+    merged = spec.fan_out.merge({"model_a": [1, 2, 3], "model_b": [3, 4, 1]}, 4, "r-1")
+    assert (merged.items, merged.teams) == ((3, 1, 4, 2), ("model_b", "model_a", "model_b", "model_a"))  # the core's
+    with pytest.raises(ValueError, match="compares exactly 2 variants"):
+        spec.fan_out.check_variants(["a", "b", "c"])

@@ -6,6 +6,7 @@ A new backend joins the contract suite by adding its factory to BACKENDS (Postgr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,25 @@ def exposure(
     )
 
 
+def interleaved(
+    n: int,
+    *,
+    user: str | None = None,
+    teams: tuple[str, ...] = ("model_a", "model_b", "model_a"),
+    failed_variant: str | None = None,
+    status: int = 200,
+    assignment: str = "strategy",
+) -> Exposure:
+    """An exposure of strategy `interleave`: items n, n+1, n+2 placed by `teams` (nothing when `status` fails)."""
+    return replace(
+        exposure(n, user=user, status=status, assignment=assignment, variant="interleaved"),
+        strategy="interleave",
+        propensity=None if assignment == "override" else 1.0,
+        teams=teams if status == 200 else (),
+        failed_variant=failed_variant,
+    )
+
+
 def feedback_for(seen: Exposure, item: int, *, event: str = "click", value: float | None = None) -> Feedback:
     return Feedback(
         ts=seen.ts + 1,
@@ -52,7 +72,7 @@ def feedback_for(seen: Exposure, item: int, *, event: str = "click", value: floa
         experiment=seen.experiment,
         phase=seen.phase,
         user_id=seen.user_id,
-        variant=seen.variant,
+        variant=seen.team_of(list(seen.items).index(item) if item in seen.items else None),
         assignment=seen.assignment,
         item_id=item,
         position=list(seen.items).index(item) if item in seen.items else None,

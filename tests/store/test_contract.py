@@ -13,7 +13,7 @@ import pytest
 
 from router.errors import NoDataError
 from router.store import StoreBackend, VariantInfo
-from tests.store.conftest import BackendFactory, exposure, feedback_for
+from tests.store.conftest import BackendFactory, exposure, feedback_for, interleaved
 
 
 @pytest.fixture
@@ -128,3 +128,58 @@ def test_timeline_is_cumulative(backend: StoreBackend) -> None:
     assert series.exposures.tolist() == [2, 4, 6, 8, 10]
     assert series.clicked.tolist() == [0, 0, 0, 0, 1]
     assert series.ends[-1] == pytest.approx(1009.0)
+
+
+def test_an_interleaved_exposure_comes_back_with_its_teams(backend: StoreBackend) -> None:
+    merged = interleaved(3, teams=("model_b", "model_a", "model_b"))
+    degraded = interleaved(4, teams=("model_a",) * 3, failed_variant="model_b")
+    lost = interleaved(5, status=504)
+    backend.write([merged, degraded, lost])
+    assert backend.find_exposure(merged.request_id) == merged
+    assert backend.find_exposure(degraded.request_id) == degraded
+    found = backend.find_exposure(lost.request_id)
+    assert found is not None and found.teams == () and found.items == ()
+
+
+def test_interleaving_totals_credit_each_clicked_position_once_to_its_team(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {"strategy": "interleave"})
+    ab, ba = ("model_a", "model_b", "model_a"), ("model_b", "model_a", "model_b")
+    alice = [interleaved(10, user="alice", teams=ab), interleaved(11, user="alice", teams=ba)]
+    bob = [interleaved(20, user="bob", teams=ab)]
+    carol = [interleaved(30, user="carol", teams=ba)]  # shown lists, never clicked: a user without a vote
+    dave = [interleaved(40, user="dave", teams=("model_a",) * 3, failed_variant="model_b")]  # only degraded
+    failed = interleaved(50, user="bob", status=504)  # both backends failed
+    override = interleaved(60, user="alice", teams=ab, assignment="override")
+    single = exposure(70, user="erin", variant="model_a")  # not interleaved at all
+    backend.write([*alice, *bob, *carol, *dave, failed, override, single])
+    clicks = [
+        feedback_for(alice[0], 10),  # position 0: model_a
+        feedback_for(alice[0], 10),  # the same position again: counts once
+        feedback_for(alice[0], 11),  # position 1: model_b
+        feedback_for(alice[1], 11),  # position 0 of a b-first list: model_b
+        feedback_for(alice[1], 99),  # not shown: credited to nobody
+        feedback_for(alice[1], 12, event="rating", value=5.0),  # not a click
+        feedback_for(bob[0], 22),  # position 2: model_a
+        feedback_for(dave[0], 40),  # a degraded exposure's click: no vote
+        feedback_for(override, 61),  # excluded with its exposure
+        feedback_for(single, 70),
+    ]
+    backend.write(clicks)
+    with backend.snapshot() as snapshot:
+        totals = snapshot.interleaving_totals(1, assignments=("strategy",))
+    assert totals.users == 3  # alice, bob, carol; dave had only a degraded interleave
+    per_user = sorted(zip(totals.of("model_a").tolist(), totals.of("model_b").tolist(), strict=True))
+    assert per_user == [(0, 0), (1, 0), (1, 2)]  # carol; bob; alice
+    assert totals.of("model_c").tolist() == [0, 0, 0]
+    assert totals.exposures == 6  # alice 2, bob 1 + the failed one, carol 1, dave 1
+    assert dict(totals.degraded) == {"model_b": 1}
+    assert totals.failed == 1
+
+
+def test_interleaving_totals_of_a_phase_without_interleaving_are_empty(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {"strategy": "hash"})
+    seen = exposure(1)
+    backend.write([seen, feedback_for(seen, seen.items[0])])
+    with backend.snapshot() as snapshot:
+        totals = snapshot.interleaving_totals(1, assignments=("strategy",))
+    assert (totals.users, totals.exposures, totals.failed, dict(totals.credits)) == (0, 0, 0, {})

@@ -13,9 +13,10 @@ from router.errors import StoreError, StoreFormatError
 from router.store import SQLiteBackend
 from router.store.schema import SCHEMA_VERSION
 from router.store.sqlite import StoreFileMovedError
-from tests.store.conftest import exposure
+from tests.store.conftest import exposure, interleaved
 
 V1_SCHEMA = Path(__file__).with_name("schema_v1.sql")
+V2_SCHEMA = Path(__file__).with_name("schema_v2.sql")
 
 
 def make_v1_store(path: Path) -> None:
@@ -57,13 +58,41 @@ def test_a_version_1_store_is_migrated_on_open_with_true_propensities(tmp_path: 
         with sqlite3.connect(path) as conn:
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
             propensities = dict(conn.execute("SELECT request_id, propensity FROM exposures"))
-        assert version == str(SCHEMA_VERSION) == "2"
+        assert version == str(SCHEMA_VERSION)
         # The assigned variant's configured share; overrides were never randomised.
         assert propensities == {"r1": 0.3, "r2": 0.7, "r3": 0.7, "r4": None}
         found = backend.find_exposure("r3")
         assert found is not None and found.propensity == 0.7 and found.assigned_variant == "model_b"
-        backend.write([exposure(1)])  # and it keeps working as a version-2 store
+        backend.write([exposure(1)])  # and it keeps working as a current store
         assert backend.find_exposure(exposure(1).request_id) == exposure(1)
+    finally:
+        backend.close()
+
+
+def test_a_version_2_store_is_migrated_on_open_and_its_rows_are_not_interleaved(tmp_path: Path) -> None:
+    """Version 3 added exposures.teams and exposures.failed_variant (interleaving): NULL for every older row."""
+    path = tmp_path / "outcomes.sqlite3"
+    old = exposure(1)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V2_SCHEMA.read_text(encoding="utf-8"))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        columns = [c for c in old.columns() if c not in ("teams", "failed_variant")]
+        conn.execute(
+            f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            tuple(old.columns()[c] for c in columns),
+        )
+    backend = SQLiteBackend(path)
+    backend.open()
+    try:
+        with sqlite3.connect(path) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            added = conn.execute("SELECT teams, failed_variant FROM exposures").fetchall()
+        assert int(version) == SCHEMA_VERSION >= 3
+        assert added == [(None, None)]
+        assert backend.find_exposure(old.request_id) == old  # teams None: an exposure of one variant
+        merged = interleaved(2, teams=("model_b", "model_a", "model_b"), failed_variant=None)
+        backend.write([merged])
+        assert backend.find_exposure(merged.request_id) == merged
     finally:
         backend.close()
 

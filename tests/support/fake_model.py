@@ -4,15 +4,18 @@
     with serve_fake_model("model_b", control) as url:
         control.delay = 2.0          # every /recommend now takes 2 s
         control.status = 500         # ... or fails
+        control.shift = 3            # recommend the list 3 places further along (another model's taste)
         control.seen                 # the /recommend paths it was asked for, in order
+        control.arrived              # time.monotonic() when each /recommend arrived
 
-Items are a deterministic function of the user id, so tests can predict them; the body carries the model's
-name, so a test can tell which backend answered.
+Items are a deterministic function of the user id (and the shift), so tests can predict them; the body carries
+the model's name, so a test can tell which backend answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,19 +40,25 @@ class FakeModelControl:
     status: int = 200  # HTTP status of /recommend answers
     garbage: bool = False  # answer /recommend with a body that is not JSON
     healthy: bool = True  # /health answers 200 (else 503)
+    shift: int = 0  # /recommend answers items_for(user_id, k, shift): k - shift items in common with shift 0
     seen: list[str] = field(default_factory=list)  # "/recommend/{user_id}?k=N" for every call, in order
     headers: list[dict[str, str]] = field(default_factory=list)  # the request headers of every /recommend
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() at each /recommend's arrival
 
     def reset(self) -> None:
-        self.delay, self.status, self.garbage, self.healthy = 0.0, 200, False, True
+        self.delay, self.status, self.garbage, self.healthy, self.shift = 0.0, 200, False, True, 0
         self.seen.clear()
         self.headers.clear()
+        self.arrived.clear()
 
 
-def items_for(user_id: str, k: int) -> list[int]:
-    """The list the fake recommends to `user_id`: k distinct ids in 1..N_ITEMS, fixed per user."""
+def items_for(user_id: str, k: int, shift: int = 0) -> list[int]:
+    """The list the fake recommends to `user_id`: k distinct ids in 1..N_ITEMS, fixed per user.
+
+    `shift` starts the same sequence `shift` places later, so two lists share all but `shift` items.
+    """
     start = zlib.crc32(user_id.encode()) % N_ITEMS
-    return [(start + 7 * i) % N_ITEMS + 1 for i in range(k)]
+    return [(start + 7 * (i + shift)) % N_ITEMS + 1 for i in range(k)]
 
 
 def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
@@ -62,6 +71,7 @@ def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
         user_id: Annotated[str, PathParam(pattern=USER_ID_PATTERN)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     ) -> Response:
+        control.arrived.append(time.monotonic())
         control.seen.append(f"{request.url.path}?{request.url.query}")
         control.headers.append(dict(request.headers))
         if control.delay:
@@ -72,7 +82,7 @@ def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
             return Response(
                 b'{"detail": "injected failure"}', status_code=control.status, media_type="application/json"
             )
-        items = items_for(user_id, k)
+        items = items_for(user_id, k, control.shift)
         body: dict[str, Any] = {
             "user_id": user_id,
             "items": items,
