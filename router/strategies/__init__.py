@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.strategies.base import Assignment, Outcome, Strategy, Unit
-from router.strategies.hashing import Bucket, bucket_index, bucket_ranges, choose, fnv1a32, unit_point
+from router.strategies.hashing import Bucket, bucket_index, bucket_ranges, choose, fnv1a32, relabel, unit_point
 from router.strategies.split import HashStrategy, RandomStrategy
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "build_strategy",
     "choose",
     "fnv1a32",
+    "relabel",
     "unit_of",
     "unit_point",
 ]
@@ -45,11 +46,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SplitInputs:
-    """What building a strategy may use: the variants' normalised weights in config order, the salt, a generator."""
+    """What building a strategy may use: the variants' normalised weights in config order, the salt, a generator.
+
+    `moved` maps a variant stopped by a guardrail to the variant that serves its units instead (the control);
+    a strategy must honour it without moving any other unit (see `relabel`).
+    """
 
     weights: Sequence[tuple[str, float]]
     salt: str
     rng: random.Random | None = field(default=None, compare=False)
+    moved: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,11 @@ class StrategySpec:
 
 
 def _hash(inputs: SplitInputs) -> Strategy:
-    return HashStrategy(bucket_ranges(inputs.weights), salt=inputs.salt)
+    return HashStrategy(relabel(bucket_ranges(inputs.weights), inputs.moved), salt=inputs.salt)
 
 
 def _random(inputs: SplitInputs) -> Strategy:
-    return RandomStrategy(bucket_ranges(inputs.weights), rng=inputs.rng or random.Random())
+    return RandomStrategy(relabel(bucket_ranges(inputs.weights), inputs.moved), rng=inputs.rng or random.Random())
 
 
 STRATEGIES: Mapping[str, StrategySpec] = {
