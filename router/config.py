@@ -410,6 +410,18 @@ def phase_design(config: ExperimentConfig, stopped: Mapping[str, Mapping[str, An
     }
 
 
+def recorded_stops(design: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """The `stopped` records of a phase's recorded design (the stops in effect in that phase).
+
+    >>> recorded_stops({"stopped": [{"variant": "b", "guardrail": "error_rate"}, "junk"]})
+    ({'variant': 'b', 'guardrail': 'error_rate'},)
+    """
+    stops = design.get("stopped")
+    if not isinstance(stops, list):
+        return ()
+    return tuple(stop for stop in stops if isinstance(stop, dict) and isinstance(stop.get("variant"), str))
+
+
 class AnalysisPlan(BaseModel):
     """What a phase is analysed with, as its row records it; a phase recorded before plans existed gets defaults.
 
@@ -457,6 +469,12 @@ class RouterSettings(BaseSettings):
     variant_urls: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     health_interval: float = Field(default=2.0, gt=0, le=60)
+    guardrail_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="seconds between guardrail rounds (ROUTER_GUARDRAIL_INTERVAL)"
+    )
+    guardrail_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="a guardrail round running longer is logged and counted"
+    )
 
     # Overrides of the YAML (None: keep the file's value). Typed loosely on purpose: ExperimentConfig
     # validates them, so an env value is refused with the same message as a YAML value.

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from router.config import AnalysisConfig
+from router.config import AnalysisConfig, recorded_stops
 from router.report import stats
 from router.report.checks import analysis_of, check_guardrails
 from router.report.comparison import Analysis, Comparison
@@ -42,7 +42,7 @@ from router.report.document import (
     TreatmentResult,
     VariantSummary,
 )
-from router.report.load import QUANTILES, PhaseData, SnapshotSource, read_phase, recorded_stops
+from router.report.load import QUANTILES, PhaseData, SnapshotSource, read_phase
 from router.report.outcomes import (
     CONVERSION,
     CTR,

@@ -12,14 +12,15 @@ at most about alpha / 2 per guardrail over the whole phase, however often it is 
 
 from __future__ import annotations
 
-from router.config import AnalysisConfig, Guardrail
+from router.config import AnalysisConfig, Guardrail, recorded_stops
 from router.report.comparison import Analysis
 from router.report.document import GuardrailCheck, GuardrailState
 from router.report.guardrails import Tolerance, judge
-from router.report.load import PhaseOutcomes, recorded_stops
+from router.report.load import PhaseOutcomes
 from router.report.outcomes import SLOW_SHARE, compare_metric, metric_catalogue, split_arms
 from router.report.ratio import Unavailable
 from router.report.stats import Estimate
+from router.report.verdict import format_pp, format_value
 from router.store.reader import UnitTotals
 
 
@@ -91,3 +92,20 @@ def _check(
     if isinstance(comparison, Unavailable):
         return result(judged.state, judged.reason)
     return result(judged.state, judged.reason, comparison.control, comparison.treatment, judged.worse_by)
+
+
+def describe(check: GuardrailCheck) -> str:
+    """What decided a check, for logs and a stop's record: "worse by +30.1 pp [24.0, 36.2] (tolerance 2 pp)"."""
+    if check.worse_by is None:
+        return check.reason
+    w = check.worse_by
+    if check.relative:  # judged on treatment / control - 1
+        worse = f"{w.value:+.1%} [{w.low:.1%}, {w.high:.1%}] relative"
+    else:
+        worse = format_pp(w) if check.scale == "share" else format_value(w)
+    if check.relative:
+        tolerance = f"{check.margin:.3g} relative"
+    else:
+        tolerance = f"{check.margin * 100:.3g} pp" if check.scale == "share" else f"{check.margin:.3g}"
+    shown = "" if check.threshold_ms is None else f", requests slower than {check.threshold_ms:.1f} ms"
+    return f"{check.metric} worse by {worse} (tolerance {tolerance}{shown})"

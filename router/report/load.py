@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from router.config import AnalysisPlan
+from router.config import AnalysisPlan, recorded_stops
 from router.errors import NoDataError, StoreFormatError
 from router.report.guardrails import LATENCY_QUANTILE
 from router.store.reader import GroupBy, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
@@ -171,14 +171,6 @@ def phase_unit(config: Mapping[str, Any], strategy: str) -> Unit:
             f"the phase's config records no unit of randomisation and {strategy!r} is not a known strategy"
         )
     return unit
-
-
-def recorded_stops(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
-    """The `stopped` records of a phase's design (the stops in effect in that phase)."""
-    stops = config.get("stopped")
-    if not isinstance(stops, list):
-        return ()
-    return tuple(stop for stop in stops if isinstance(stop, dict) and isinstance(stop.get("variant"), str))
 
 
 def _stops_caused(snapshot: PhaseSnapshot, number: int, phases: tuple[int, ...]) -> tuple[Mapping[str, Any], ...]:

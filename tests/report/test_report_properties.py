@@ -86,7 +86,7 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
                 }
             ),
             max_size=4,
-            unique_by=lambda g: g["metric"],
+            unique_by=lambda g: str(g["metric"]),
         )
     )
     for guardrail in guardrails:
@@ -220,7 +220,9 @@ def assert_strict_json(report: Report) -> None:
     assert json.loads(text)["report_version"] == 2
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(stores())
 def test_report_builds_and_renders_markdown_and_json_for_any_store(generated: GeneratedStore) -> None:
     with tempfile.TemporaryDirectory() as directory:

@@ -4,6 +4,7 @@
     with serve_fake_model("model_b", control) as url:
         control.delay = 2.0          # every /recommend now takes 2 s
         control.status = 500         # ... or fails
+        control.fail_every = 20      # ... or fails every 20th /recommend (a 5 % error rate)
         control.seen                 # the /recommend paths it was asked for, in order
 
 Items are a deterministic function of the user id, so tests can predict them; the body carries the model's
@@ -37,11 +38,12 @@ class FakeModelControl:
     status: int = 200  # HTTP status of /recommend answers
     garbage: bool = False  # answer /recommend with a body that is not JSON
     healthy: bool = True  # /health answers 200 (else 503)
+    fail_every: int = 0  # when > 0, every fail_every-th /recommend answers 500
     seen: list[str] = field(default_factory=list)  # "/recommend/{user_id}?k=N" for every call, in order
     headers: list[dict[str, str]] = field(default_factory=list)  # the request headers of every /recommend
 
     def reset(self) -> None:
-        self.delay, self.status, self.garbage, self.healthy = 0.0, 200, False, True
+        self.delay, self.status, self.garbage, self.healthy, self.fail_every = 0.0, 200, False, True, 0
         self.seen.clear()
         self.headers.clear()
 
@@ -68,9 +70,11 @@ def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
             await asyncio.sleep(control.delay)  # the fault being simulated, not synchronisation
         if control.garbage:
             return Response(b"<html>not json", media_type="text/html")
-        if control.status != 200:
+        if control.status != 200 or (control.fail_every and len(control.seen) % control.fail_every == 0):
             return Response(
-                b'{"detail": "injected failure"}', status_code=control.status, media_type="application/json"
+                b'{"detail": "injected failure"}',
+                status_code=control.status if control.status != 200 else 500,
+                media_type="application/json",
             )
         items = items_for(user_id, k)
         body: dict[str, Any] = {
