@@ -198,3 +198,20 @@ def test_each_registered_strategy_declares_its_unit_and_builds_from_the_registry
     assert unit_of("hash") == "user" and unit_of("random") == "request" and unit_of("nope") is None
     with pytest.raises(KeyError, match="unknown strategy 'nope'"):
         build_strategy("nope", inputs)
+
+
+@pytest.mark.parametrize("name", ["hash", "random"])
+def test_a_moved_variant_is_served_by_the_control_and_nobody_else_moves(name: str) -> None:
+    weights = (("model_a", 2.0), ("model_b", 1.0), ("model_c", 1.0))
+    before = build_strategy(name, SplitInputs(weights, "s", random.Random(3)))
+    after = build_strategy(name, SplitInputs(weights, "s", random.Random(3), moved={"model_c": "model_a"}))
+    users = [f"user-{i}" for i in range(3000)]
+
+    moved = [(before.assign(u), after.assign(u)) for u in users]
+
+    for old, new in moved:
+        assert new.variant == ("model_a" if old.variant == "model_c" else old.variant)
+    propensities = {new.variant: new.propensity for _, new in moved}
+    assert propensities["model_a"] == pytest.approx(0.75, abs=1e-4)  # its range and model_c's
+    assert propensities["model_b"] == pytest.approx(0.25, abs=1e-4)
+    assert "model_c" not in propensities
