@@ -238,7 +238,7 @@ def test_report_builds_and_renders_markdown_and_json_for_any_store(generated: Ge
             assert all(math.isfinite(v.weight) for v in report.variants)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stores())
 def test_report_renders_html_for_any_store(generated: GeneratedStore) -> None:
     with tempfile.TemporaryDirectory() as directory:

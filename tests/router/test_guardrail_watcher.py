@@ -16,7 +16,9 @@ from router.errors import NoDataError, NotStoppedError
 from router.guardrails import GuardrailWatcher, Harm
 from router.metrics import Metrics
 from router.service import RouterService
+from router.store import SQLiteBackend
 from router.store.reader import PhaseSnapshot
+from tests.report.test_build import HASH_WEIGHTS, generated_store
 from tests.router.conftest import SALT, Backend, settings_for, write_config
 
 USERS = [f"user-{i}" for i in range(2000)]
@@ -136,3 +138,37 @@ def test_watcher_skips_a_config_without_guardrails(backends: dict[str, Backend])
     watcher = GuardrailWatcher(store, lambda: (config, 1), never, metrics, interval=0.01, timeout=0.05)
     assert asyncio.run(watcher.check_once()) == 0.0
     assert not store.entered.is_set()  # not even a snapshot: the report's libraries are never loaded
+
+
+@pytest.mark.parametrize("action", ["alert", "stop"])
+def test_watcher_alerts_once_or_asks_for_a_stop_on_a_harmful_guardrail(
+    tmp_path: Path, backends: dict[str, Backend], action: str
+) -> None:
+    guardrails = [{"metric": "error_rate", "tolerance": {"margin": 0.02}, "action": action}]
+    plan = {"analysis": {"tuning": 1000}, "guardrails": guardrails}
+    path = tmp_path / "outcomes.sqlite3"
+    users = {"model_a": 300, "model_b": 300}
+    generated_store(path, users, {"model_a": 0.1, "model_b": 0.1}, HASH_WEIGHTS, plan, errors={"model_b": 0.3})
+    config = build_config({**three_variants(backends, ("model_a", "model_b")), "guardrails": guardrails})
+    metrics = Metrics(lambda: {"written": {}, "lost": {}, "errors": {}, "pending": 0, "max_pending": 0})
+    stops: list[Harm] = []
+
+    async def stop(found: Harm) -> None:
+        stops.append(found)
+
+    async def rounds() -> None:
+        watcher = GuardrailWatcher(SQLiteBackend(path), lambda: (config, 1), stop, metrics, interval=1, timeout=60)
+        for _ in range(2):
+            await watcher.check_once()
+
+    asyncio.run(rounds())
+
+    labels = {"variant": "model_b", "guardrail": "error_rate"}
+    assert metrics.registry.get_sample_value("router_guardrail_state", labels) == 1
+    alerts = metrics.registry.get_sample_value("router_guardrail_alerts_total", labels) or 0.0
+    if action == "alert":
+        assert (alerts, stops) == (1.0, [])  # logged and counted once while it stays harmful, nothing else
+    else:
+        assert alerts == 0.0 and len(stops) == 2  # the service ignores the second: the phase has changed by then
+        assert (stops[0].variant, stops[0].guardrail, stops[0].phase) == ("model_b", "error_rate", 1)
+        assert stops[0].detail.startswith("error_rate worse by +") and "(tolerance 2 pp)" in stops[0].detail
