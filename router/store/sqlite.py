@@ -41,8 +41,7 @@ _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
 #: 1 if the exposure `e` got at least one click of its phase: an index lookup per exposure (feedback_request),
 #: where joining a DISTINCT subquery made SQLite scan it once per exposure.
 _CLICKED = (
-    "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' "
-    "AND f.phase = e.phase)"
+    "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
 )
 _LATEST_FOR_USER = (
     f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
