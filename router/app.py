@@ -4,7 +4,8 @@
     uvicorn.run(app, port=8080)
 
 Endpoints: GET /recommend/{user_id}?k=10, POST /feedback, GET /health, GET /config, GET /metrics,
-GET /results (the A/B report as JSON), GET /report (as HTML), POST /admin/reload (bearer token).
+GET /results (the A/B report as JSON), GET /report (as HTML), POST /admin/reload and
+POST /admin/resume/{variant} (bearer token; resume: a variant stopped by a guardrail gets its weight back).
 `create_app` returns the fast path (router.fastpath) wrapped around the FastAPI app: `app.service` is the
 RouterService (started by the lifespan), `app.api` the FastAPI app. Errors are router.errors' tree, answered by
 router.responses in one place; route bodies parse input, call the service once and return its answer.
@@ -205,6 +206,24 @@ def create_app(
                 "status": "reloaded",
                 "phase": result.phase,
                 "new_phase": result.new_phase,
+                "previous_phase": result.previous_phase,
+                "config": service.describe(),
+            }
+        )
+
+    @app.post(
+        "/admin/resume/{variant}",
+        dependencies=[Depends(require_admin)],
+        summary="Give a variant stopped by a guardrail its configured weight back (a new phase)",
+        responses={409: {"description": "The variant is not stopped"}},
+    )
+    async def resume(variant: str) -> Response:
+        result = await service.resume(variant)
+        return json_response(
+            {
+                "status": "resumed",
+                "variant": variant,
+                "phase": result.phase,
                 "previous_phase": result.previous_phase,
                 "config": service.describe(),
             }

@@ -3,7 +3,8 @@
     settings = RouterSettings(config_path=Path("router/experiment.yaml"))
     config = load_config(settings)          # raises ConfigError naming the field and the value
     config.weights                           # (("model_a", 0.5), ("model_b", 0.5)), normalised
-    phase_key(config)                        # changes only when users can move
+    config.analysis.sequential               # the analysis plan the report and the guardrails use
+    phase_key(config)                        # changes when users can move, or when the analysis plan changes
 
 Precedence, lowest first: the YAML file, `ROUTER_<FIELD>` variables (`ROUTER_STRATEGY=random`,
 `ROUTER_TIMEOUTS__READ=2`), then `ROUTER_VARIANT_URLS` for the variants' addresses. Bad config is refused,
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,12 @@ VARIANT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 #: HTTP header names (RFC 9110 tokens), for the QA override header.
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 
+#: Feedback event names ("click", "watch", "rating"): the same rule as POST /feedback's `event`.
+EVENT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+#: Metrics the report always computes; a configured feedback metric may not reuse their names.
+BUILTIN_METRICS = ("ctr", "conversion", "error_rate", "latency_p99")
+
 #: The YAML fields that `ROUTER_<FIELD>` environment variables may override.
 OVERRIDABLE_FIELDS = (
     "experiment",
@@ -62,6 +69,7 @@ OVERRIDABLE_FIELDS = (
 #: What changing an experiment field on a reload does (`x-on-reload` in the JSON schema, a column in docs/config.md).
 NEW_PHASE: JsonDict = {"x-on-reload": "new phase"}
 SAME_PHASE: JsonDict = {"x-on-reload": "same phase"}
+NEW_PLAN: JsonDict = {"x-on-reload": "new phase (moves nobody: a new plan restarts the verdict)"}
 NEW_PHASE_IF_SHARES_CHANGE: JsonDict = {"x-on-reload": "new phase if the normalised shares change"}
 RESTART: JsonDict = {"x-on-reload": "refused: restart the router"}
 
@@ -155,6 +163,171 @@ class Timeouts(BaseModel):
     )
 
 
+class AnalysisConfig(BaseModel):
+    """The pre-registered analysis plan of a phase (the `analysis` section); docs/report.md explains each part.
+
+    The primary verdict is sequential (always valid: the live /report may be looked at any time) unless
+    `sequential` is false; a fixed-horizon verdict is valid once, at the planned sample size, so it needs a
+    minimum detectable effect to plan for.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sequential: bool = Field(
+        default=True,
+        description="true: the verdict uses the always-valid confidence sequence, safe to look at any time; "
+        "false: the fixed-horizon t-test, given only once the planned sample size is reached",
+        json_schema_extra=NEW_PLAN,
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.2,
+        description="false-positive rate over all treatments (Bonferroni-split)",
+        json_schema_extra=NEW_PLAN,
+    )
+    tuning: float = Field(
+        default=5000.0,
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="units in both arms together at which the confidence sequence is tightest "
+        "(fixed in advance: set it near the expected final size)",
+        json_schema_extra=NEW_PLAN,
+    )
+    minimum_detectable_effect: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the smallest CTR difference worth detecting, to plan the sample size for; none: no plan",
+        json_schema_extra=NEW_PLAN,
+    )
+    relative: bool = Field(
+        default=True,
+        description="the minimum detectable effect is relative to the control's CTR (0.05 = +5 %), "
+        "else absolute (0.01 = +1 percentage point)",
+        json_schema_extra=NEW_PLAN,
+    )
+    power: float = Field(
+        default=0.8,
+        ge=0.5,
+        lt=1,
+        description="the chance of detecting the minimum detectable effect, to plan for",
+        json_schema_extra=NEW_PLAN,
+    )
+    min_units: int = Field(
+        default=20,
+        ge=2,
+        le=1_000_000,
+        description="units per variant below which no interval or verdict is given",
+        json_schema_extra=NEW_PLAN,
+    )
+
+    @model_validator(mode="after")
+    def _fixed_needs_a_plan(self) -> AnalysisConfig:
+        if not self.sequential and self.minimum_detectable_effect is None:
+            raise ValueError(
+                "sequential: false (a fixed-horizon verdict) needs minimum_detectable_effect: the fixed test is "
+                "valid only at a sample size planned in advance"
+            )
+        return self
+
+
+class FeedbackMetric(BaseModel):
+    """A value metric from feedback events, analysed as a ratio metric (the `metrics` list).
+
+    `per: event` divides the sum of the event's values by the number of such events (rating: the mean
+    rating); `per: exposure` divides it by the exposures (watch: seconds watched per exposure).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=EVENT_NAME_PATTERN,
+        description="the metric's name in the report and in guardrails",
+        json_schema_extra=NEW_PLAN,
+    )
+    event: str = Field(
+        pattern=EVENT_NAME_PATTERN,
+        description="the feedback event whose `value`s are summed",
+        json_schema_extra=NEW_PLAN,
+    )
+    per: Literal["event", "exposure"] = Field(
+        description="denominator: the number of such events (a mean), or the number of exposures",
+        json_schema_extra=NEW_PLAN,
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, name: str) -> str:
+        if name in BUILTIN_METRICS:
+            raise ValueError(f"{name!r} is a built-in metric; choose another name")
+        return name
+
+
+#: What the report analyses besides CTR when the config names no `metrics`.
+DEFAULT_METRICS = (
+    FeedbackMetric(name="rating", event="rating", per="event"),
+    FeedbackMetric(name="watch_seconds", event="watch", per="exposure"),
+)
+
+
+class GuardrailTolerance(BaseModel):
+    """How much worse a treatment may be on a guardrail metric before it is harmful."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="on the metric's scale, or relative to the control",
+        json_schema_extra=NEW_PLAN,
+    )
+    relative: bool = Field(
+        default=False, description="margin as a share of the control's value (0.5 = +50 %)", json_schema_extra=NEW_PLAN
+    )
+
+
+class Guardrail(BaseModel):
+    """A metric that must not get worse (the `guardrails` list), checked continuously on the sequential analysis.
+
+    `latency_p99` is judged through the share of requests slower than a threshold: `threshold_ms`, or by
+    default the control's p99 in the phase (so the control's share is 1 %).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(
+        description="error_rate, latency_p99, or the name of a metric in `metrics`", json_schema_extra=NEW_PLAN
+    )
+    direction: Literal["higher_is_worse", "lower_is_worse"] = Field(
+        default="higher_is_worse", description="which way is harm", json_schema_extra=NEW_PLAN
+    )
+    tolerance: GuardrailTolerance = Field(
+        default=GuardrailTolerance(), description="how much worse is allowed", json_schema_extra=NEW_PLAN
+    )
+    action: Literal["stop", "alert"] = Field(
+        default="alert",
+        description="stop: move the variant's weight to the control (a new phase) when it is harmful; alert: log "
+        "and count only",
+        json_schema_extra=NEW_PLAN,
+    )
+    threshold_ms: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="latency_p99 only: the slow-request threshold (default: the control's p99)",
+        json_schema_extra=NEW_PLAN,
+    )
+
+    @model_validator(mode="after")
+    def _threshold_for_latency_only(self) -> Guardrail:
+        if self.threshold_ms is not None and self.metric != "latency_p99":
+            raise ValueError("threshold_ms applies to the latency_p99 guardrail only")
+        return self
+
+
 class ExperimentConfig(BaseModel):
     """One experiment: how users get variants, where the variants live, what to do when one fails."""
 
@@ -216,6 +389,21 @@ class ExperimentConfig(BaseModel):
         "see docs/performance.md) or `httpx`.",
         json_schema_extra=RESTART,
     )
+    analysis: AnalysisConfig = Field(
+        default=AnalysisConfig(),
+        description="The pre-registered analysis plan (fields below): how the report decides.",
+        json_schema_extra=NEW_PLAN,
+    )
+    metrics: tuple[FeedbackMetric, ...] = Field(
+        default=DEFAULT_METRICS,
+        description="Value metrics from feedback, analysed besides CTR (fields below).",
+        json_schema_extra=NEW_PLAN,
+    )
+    guardrails: tuple[Guardrail, ...] = Field(
+        default=(),
+        description="Metrics that must not get worse, checked continuously by the router (fields below).",
+        json_schema_extra=NEW_PLAN,
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -271,6 +459,24 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _guardrails_name_metrics(self) -> ExperimentConfig:
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics: duplicate metric names in {names}")
+        known = ("error_rate", "latency_p99", *names)
+        seen: set[str] = set()
+        for guardrail in self.guardrails:
+            if guardrail.metric not in known:
+                raise ValueError(
+                    f"guardrails: unknown metric {guardrail.metric!r} (known: {', '.join(known)}; "
+                    "a feedback metric must be listed in `metrics` first)"
+                )
+            if guardrail.metric in seen:
+                raise ValueError(f"guardrails: {guardrail.metric!r} has more than one guardrail")
+            seen.add(guardrail.metric)
+        return self
+
     @property
     def weights(self) -> tuple[tuple[str, float], ...]:
         """Each variant's share of traffic, in config order, summing to 1."""
@@ -295,10 +501,16 @@ class ExperimentConfig(BaseModel):
         raise KeyError(name)
 
 
-def phase_key(config: ExperimentConfig) -> str:
-    """A stable hash of what can move users: strategy, salt, variant names in order, normalised weights.
+def phase_key(config: ExperimentConfig, stopped: Collection[str] = ()) -> str:
+    """A stable hash of what can move users, and of the analysis plan the phase is judged by.
 
-    URLs, timeouts, the override and error handling move nobody, so changing them keeps the phase.
+    What can move users: strategy, salt, variant names in order, normalised weights, and the variants stopped
+    by a guardrail (their users are served by the control). The analysis plan (`analysis`, `metrics`,
+    `guardrails`) moves nobody - assignment never reads it - but a verdict is only honest under the plan
+    fixed before its data were seen, so changing the plan starts a new phase: users stay in their variants,
+    and the new phase's report starts from zero. Only the plan's non-default values are hashed, so a config
+    that spells the defaults out keeps the phase of one that omits them. URLs, timeouts, the override and
+    error handling move nobody and are no plan, so changing them keeps the phase.
 
         >>> variants = [{"name": "a", "url": "http://a", "weight": 1}, {"name": "b", "url": "http://b", "weight": 1}]
         >>> a = ExperimentConfig(experiment="x", strategy="hash", salt="s", variants=variants)
@@ -306,35 +518,103 @@ def phase_key(config: ExperimentConfig) -> str:
         >>> phase_key(a) == phase_key(b)   # 1:1 and 50:50 are the same split
         True
     """
-    design = {
+    design: dict[str, Any] = {
         "strategy": config.strategy,
         "salt": config.salt,
         "variants": [[name, round(weight, 12)] for name, weight in config.weights],
     }
+    plan = config.analysis.model_dump(mode="json", exclude_defaults=True)
+    if plan:
+        design["analysis"] = plan
+    if config.metrics != DEFAULT_METRICS:
+        design["metrics"] = [m.model_dump(mode="json") for m in config.metrics]
+    if config.guardrails:
+        design["guardrails"] = [g.model_dump(mode="json") for g in config.guardrails]
+    if stopped:
+        design["stopped"] = sorted(stopped)
     canonical = json.dumps(design, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def phase_design(config: ExperimentConfig) -> dict[str, Any]:
-    """The configuration a phase records (`phases.config_json`): the design plus where each variant lived.
+def effective_weights(config: ExperimentConfig, stopped: Collection[str] = ()) -> tuple[tuple[str, float], ...]:
+    """Each variant's share of traffic once the `stopped` variants' shares are moved to the control.
 
-    A fan-out strategy's phase also records `fan_out` (what its answers are labelled, how lists are merged), so
-    the report knows the phase compares merged lists without looking the strategy up by name.
+    >>> variants = [{"name": n, "url": f"http://{n}", "weight": w} for n, w in (("a", 2), ("b", 1), ("c", 1))]
+    >>> effective_weights(ExperimentConfig(experiment="x", strategy="hash", salt="s", variants=variants), {"c"})
+    (('a', 0.75), ('b', 0.25), ('c', 0.0))
     """
+    moved = math.fsum(share for name, share in config.weights if name in stopped)
+    return tuple(
+        (name, 0.0 if name in stopped else share + (moved if name == config.control else 0.0))
+        for name, share in config.weights
+    )
+
+
+def phase_design(config: ExperimentConfig, stopped: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The configuration a phase records (`phases.config_json`): the design, where each variant lived, the plan.
+
+    `stopped` maps each variant stopped by a guardrail to the record of that stop (recorded as `stopped`);
+    its share then belongs to the control, and each variant's `weight` and `share` are the ones in effect
+    (`configured_weight` keeps the config's). The report reads everything it analyses with from here. A
+    fan-out strategy's phase also records `fan_out` (what its answers are labelled, how lists are merged).
+    """
+    stops = dict(stopped or {})
+    shares = effective_weights(config, stops)
     design: dict[str, Any] = {
         "experiment": config.experiment,
         "strategy": config.strategy,
         "unit": config.unit,
         "salt": config.salt,
         "variants": [
-            {"name": v.name, "url": v.base_url, "weight": v.weight, "share": share}
-            for v, (_, share) in zip(config.variants, config.weights, strict=True)
+            {"name": v.name, "url": v.base_url, "weight": share, "share": share, "configured_weight": v.weight}
+            if stops
+            else {"name": v.name, "url": v.base_url, "weight": v.weight, "share": share}
+            for v, (_, share) in zip(config.variants, shares, strict=True)
         ],
+        "analysis": config.analysis.model_dump(mode="json"),
+        "metrics": [m.model_dump(mode="json") for m in config.metrics],
+        "guardrails": [g.model_dump(mode="json") for g in config.guardrails],
+        "stopped": [{"variant": name, **record} for name, record in stops.items()],
     }
     fan_out = fan_out_of(config.strategy)
     if fan_out is not None:
         design["fan_out"] = {"label": fan_out.label, "method": fan_out.method}
     return design
+
+
+def recorded_stops(design: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """The `stopped` records of a phase's recorded design (the stops in effect in that phase).
+
+    >>> recorded_stops({"stopped": [{"variant": "b", "guardrail": "error_rate"}, "junk"]})
+    ({'variant': 'b', 'guardrail': 'error_rate'},)
+    """
+    stops = design.get("stopped")
+    if not isinstance(stops, list):
+        return ()
+    return tuple(stop for stop in stops if isinstance(stop, dict) and isinstance(stop.get("variant"), str))
+
+
+class AnalysisPlan(BaseModel):
+    """What a phase is analysed with, as its row records it; a phase recorded before plans existed gets defaults.
+
+    >>> AnalysisPlan.of({"strategy": "hash"}).analysis.sequential
+    True
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    analysis: AnalysisConfig = AnalysisConfig()
+    metrics: tuple[FeedbackMetric, ...] = DEFAULT_METRICS
+    guardrails: tuple[Guardrail, ...] = ()
+
+    @classmethod
+    def of(cls, design: Mapping[str, Any]) -> AnalysisPlan:
+        """The plan in a phase's recorded design. Raises ValidationError when it does not validate."""
+        return cls.model_validate({key: design[key] for key in ("analysis", "metrics", "guardrails") if key in design})
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> AnalysisPlan:
+        return cls(analysis=config.analysis, metrics=config.metrics, guardrails=config.guardrails)
 
 
 class RouterSettings(BaseSettings):
@@ -383,6 +663,18 @@ class RouterSettings(BaseSettings):
         default="info", description="`debug` also logs one JSON line per request."
     )
     health_interval: float = Field(default=2.0, gt=0, le=60, description="Seconds between backend health checks.")
+    guardrail_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between guardrail rounds (each reads the store off the event loop).",
+    )
+    guardrail_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A guardrail round running longer than this is logged and counted, and its result dropped.",
+    )
 
     # Overrides of the YAML (None: keep the file's value). Typed loosely on purpose: ExperimentConfig
     # validates them, so an env value is refused with the same message as a YAML value.

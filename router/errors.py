@@ -8,7 +8,8 @@
     │   │   └── ErrorExposureError       409  the exposure was an error: nothing was shown
     │   ├── AdminDisabledError           403  admin endpoints are off (no ROUTER_ADMIN_TOKEN)
     │   ├── AdminUnauthorizedError       401  no bearer token
-    │   └── AdminForbiddenError          403  a wrong bearer token
+    │   ├── AdminForbiddenError          403  a wrong bearer token
+    │   └── NotStoppedError              409  resume asked for a variant no guardrail has stopped
     ├── BackendError                     502  a variant's backend failed (raised by router.proxy only)
     │   ├── BackendTimeoutError          504  no connection or no answer within the configured timeout
     │   ├── BackendUnavailableError      503  connection refused/reset, DNS failure, backend said 503
@@ -99,6 +100,12 @@ class AdminForbiddenError(RequestRefusedError):
     """An admin request with a wrong bearer token."""
 
     status_code = 403
+
+
+class NotStoppedError(RequestRefusedError):
+    """POST /admin/resume/{variant} for a variant that is not stopped (or not a variant): nothing to resume."""
+
+    status_code = 409
 
 
 # -- backends ----------------------------------------------------------------------------------------

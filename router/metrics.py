@@ -149,6 +149,36 @@ class Metrics:
             ["variant"],
             registry=self.registry,
         )
+        self._guardrail_checks = Counter(
+            "router_guardrail_checks",
+            "Guardrail rounds by result (ok, no_data, failed, timeout, busy).",
+            ["result"],
+            registry=self.registry,
+        )
+        self._guardrail_state = Gauge(
+            "router_guardrail_state",
+            "Latest state of a treatment's guardrail: -1 healthy, 0 inconclusive, 1 harmful.",
+            ["variant", "guardrail"],
+            registry=self.registry,
+        )
+        self._guardrail_alerts = Counter(
+            "router_guardrail_alerts",
+            "Times an alert guardrail became harmful.",
+            ["variant", "guardrail"],
+            registry=self.registry,
+        )
+        self._guardrail_stops = Counter(
+            "router_guardrail_stops",
+            "Variants stopped by a guardrail (weight moved to the control).",
+            ["variant", "guardrail"],
+            registry=self.registry,
+        )
+        self._stopped = Gauge(
+            "router_variant_stopped",
+            "1 while the variant is stopped by a guardrail (until an admin resumes it).",
+            ["variant"],
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(store_stats))
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
@@ -182,6 +212,21 @@ class Metrics:
 
     def backend_up(self, variant: str, up: bool) -> None:
         self._backend_up.labels(variant).set(1 if up else 0)
+
+    def guardrail_check(self, result: str) -> None:
+        self._guardrail_checks.labels(result).inc()
+
+    def guardrail_state(self, variant: str, guardrail: str, code: int) -> None:
+        self._guardrail_state.labels(variant, guardrail).set(code)
+
+    def guardrail_alert(self, variant: str, guardrail: str) -> None:
+        self._guardrail_alerts.labels(variant, guardrail).inc()
+
+    def guardrail_stop(self, variant: str, guardrail: str) -> None:
+        self._guardrail_stops.labels(variant, guardrail).inc()
+
+    def variant_stopped(self, variant: str, stopped: bool) -> None:
+        self._stopped.labels(variant).set(1 if stopped else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""

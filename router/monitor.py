@@ -100,8 +100,11 @@ class BackendMonitor:
     async def _run(self) -> None:
         while True:
             await self.check_once()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives as the
+            # poke completes (a reload just before stop), and stop() would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._poke.wait()
             self._poke.clear()
 
     async def _check(self, name: str, config: ExperimentConfig, phase: int) -> None:

@@ -28,18 +28,30 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from recsys.contract import USER_ID_PATTERN
-from router.config import ExperimentConfig, RouterSettings, Variant, load_config, phase_design, phase_key
+from router.config import (
+    ExperimentConfig,
+    RouterSettings,
+    Variant,
+    effective_weights,
+    load_config,
+    phase_design,
+    phase_key,
+    recorded_stops,
+)
 from router.errors import (
     AttributionError,
     BackendError,
     ConfigError,
     ErrorExposureError,
     ForeignExposureError,
+    NoDataError,
+    NotStoppedError,
     RecommendationFailedError,
     StoreError,
     StoreOverloadedError,
     UnknownOverrideError,
 )
+from router.guardrails import GuardrailWatcher, Harm
 from router.interleaving import NoListError
 from router.metrics import Metrics
 from router.monitor import BackendMonitor
@@ -81,6 +93,8 @@ class Live:
     phase: int
     key: str
     variants: dict[str, Variant]
+    stops: dict[str, dict[str, Any]]
+    """Variants stopped by a guardrail -> the stop's record; their units are served by the control."""
     fan_out: FanOut | None = None  # set when the strategy asks every backend and merges (interleave)
 
 
@@ -139,6 +153,7 @@ class RouterService:
         self._live: Live | None = None
         self._client: BackendClient | None = None
         self._monitor: BackendMonitor | None = None
+        self._watcher: GuardrailWatcher | None = None
         self._reload_lock = asyncio.Lock()
         # Request ids: a random per-process prefix plus a counter (unique without a syscall per request).
         self._id_prefix = os.urandom(8).hex()
@@ -156,20 +171,26 @@ class RouterService:
         config = load_config(self.settings)
         await asyncio.to_thread(self.store.open)
         try:
-            key = phase_key(config)
-            phase, is_new = await asyncio.to_thread(
-                self.store.start_phase, config.experiment, key, phase_design(config)
-            )
+            stops = _still_stoppable(config, await asyncio.to_thread(self._persisted_stops, config))
+            phase, is_new, key = await self._enter(config, stops)
         except BaseException:
             await asyncio.to_thread(self.store.close)
             raise
-        self._live = self._make_live(config, phase, key)
-        self.metrics.phase.set(phase)
+        self._set_live(self._make_live(config, phase, key, stops))
         self._client = open_client(config.backend_client, config.timeouts)
         self._monitor = BackendMonitor(
             self.client, self._current, self.store, self.metrics, interval=self.settings.health_interval
         )
         self._monitor.start()
+        self._watcher = GuardrailWatcher(
+            self.store,
+            self._current,
+            self.stop_variant,
+            self.metrics,
+            interval=self.settings.guardrail_interval,
+            timeout=self.settings.guardrail_timeout,
+        )
+        self._watcher.start()
         log.info(
             "router started",
             extra={
@@ -184,7 +205,9 @@ class RouterService:
         )
 
     async def stop(self) -> None:
-        """Stop the monitor, close the client, then write every queued event and close the store."""
+        """Stop the watchers, close the client, then write every queued event and close the store."""
+        if self._watcher is not None:
+            await self._watcher.stop()
         if self._monitor is not None:
             await self._monitor.stop()
         if self._client is not None:
@@ -210,9 +233,93 @@ class RouterService:
         """32 hex digits, unique across processes and restarts (64 random bits + a 64-bit counter)."""
         return f"{self._id_prefix}{next(self._id_counter):016x}"
 
-    def _make_live(self, config: ExperimentConfig, phase: int, key: str) -> Live:
-        strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng))
-        return Live(config, strategy, phase, key, {v.name: v for v in config.variants}, fan_out_of(config.strategy))
+    def _make_live(
+        self, config: ExperimentConfig, phase: int, key: str, stops: dict[str, dict[str, Any]] | None = None
+    ) -> Live:
+        stops = stops or {}
+        moved = dict.fromkeys(stops, config.control)
+        strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng, moved))
+        return Live(
+            config, strategy, phase, key, {v.name: v for v in config.variants}, stops, fan_out_of(config.strategy)
+        )
+
+    def _set_live(self, live: Live) -> None:
+        previous = self._live
+        self._live = live
+        self.metrics.phase.set(live.phase)
+        for name in live.variants:
+            self.metrics.variant_stopped(name, name in live.stops)
+        if previous is not None:
+            for name in set(previous.variants) - set(live.variants):
+                self.metrics.variant_stopped(name, False)
+
+    async def _enter(self, config: ExperimentConfig, stops: dict[str, dict[str, Any]]) -> tuple[int, bool, str]:
+        """Continue or start the phase of `config` with `stops` in effect: (phase, is_new, key)."""
+        key = phase_key(config, stops)
+        design = phase_design(config, stops)
+        phase, is_new = await asyncio.to_thread(self.store.start_phase, config.experiment, key, design)
+        return phase, is_new, key
+
+    def _persisted_stops(self, config: ExperimentConfig) -> dict[str, dict[str, Any]]:
+        """The stops recorded by the store's latest phase of this experiment: a restart keeps them (blocking)."""
+        try:
+            with self.store.snapshot() as snapshot:
+                latest = snapshot.phase(None)
+        except NoDataError:
+            return {}
+        if latest.experiment != config.experiment:
+            return {}
+        return {
+            str(stop["variant"]): {k: v for k, v in stop.items() if k != "variant"}
+            for stop in recorded_stops(latest.config)
+        }
+
+    # -- guardrails --------------------------------------------------------------------------------
+
+    async def stop_variant(self, harm: Harm) -> int | None:
+        """Move `harm.variant`'s weight to the control as a new phase (the watcher calls it); the new phase.
+
+        None when there is nothing to do: the harm was judged on a phase that is no longer live, the variant
+        is stopped already, or it is the control. Raises StoreError when the phase cannot be recorded.
+        """
+        async with self._reload_lock:
+            live = self.live
+            config = live.config
+            if harm.phase != live.phase or harm.variant in live.stops or harm.variant not in live.variants:
+                return None
+            if harm.variant == config.control:
+                return None
+            stops = {**live.stops, harm.variant: harm.record(config.control)}
+            phase, _, key = await self._enter(config, stops)
+            self._set_live(self._make_live(config, phase, key, stops))
+            self.metrics.guardrail_stop(harm.variant, harm.guardrail)
+        log.error(
+            "variant stopped by guardrail",
+            extra={
+                "variant": harm.variant,
+                "guardrail": harm.guardrail,
+                "detail": harm.detail,
+                "moved_to": config.control,
+                "previous_phase": harm.phase,
+                "phase": phase,
+            },
+        )
+        return phase
+
+    async def resume(self, variant: str) -> ReloadResult:
+        """Give a stopped variant its configured weight back, as a new phase. Raises NotStoppedError."""
+        async with self._reload_lock:
+            live = self.live
+            if variant not in live.stops:
+                stopped = ", ".join(live.stops) or "none"
+                raise NotStoppedError(f"variant {variant!r} is not stopped by a guardrail (stopped: {stopped})")
+            stops = {name: record for name, record in live.stops.items() if name != variant}
+            phase, is_new, key = await self._enter(live.config, stops)
+            self._set_live(self._make_live(live.config, phase, key, stops))
+        log.warning(
+            "variant resumed by an admin", extra={"variant": variant, "phase": phase, "previous_phase": live.phase}
+        )
+        return ReloadResult(phase, is_new, live.phase, live.config)
 
     # -- recommendation ----------------------------------------------------------------------------
 
@@ -473,17 +580,14 @@ class RouterService:
                         f"backend_client: cannot change from {previous.config.backend_client!r} to "
                         f"{config.backend_client!r} while running (got {config.backend_client!r}); restart the router"
                     )
-                key = phase_key(config)
-                phase, is_new = await asyncio.to_thread(
-                    self.store.start_phase, config.experiment, key, phase_design(config)
-                )
+                stops = _still_stoppable(config, previous.stops)  # a stop stays until an admin resumes it
+                phase, is_new, key = await self._enter(config, stops)
             except (ConfigError, StoreError) as exc:
                 self.metrics.reload("refused")
                 log.error("config reload refused; the previous config keeps serving", extra={"error": str(exc)})
                 raise
-            self._live = self._make_live(config, phase, key)
+            self._set_live(self._make_live(config, phase, key, stops))
             self.client().configure(config.timeouts)
-            self.metrics.phase.set(phase)
             self.metrics.reload("applied")
             if self._monitor is not None:
                 self._monitor.poke()
@@ -524,6 +628,8 @@ class RouterService:
         return {
             **live.config.model_dump(mode="json"),
             "weights": dict(live.config.weights),
+            "weights_in_effect": {name: share for name, share in effective_weights(live.config, live.stops)},
+            "stopped": {name: dict(record) for name, record in live.stops.items()},
             "phase": live.phase,
             "phase_key": live.key,
             "config_path": str(self.settings.config_path),
@@ -541,6 +647,12 @@ async def _ask(client: BackendClient, variant: Variant, user_id: str, k: int) ->
 def _survivor(variants: tuple[str, ...], failed: str) -> str:
     """The variant whose list a degraded interleave served: the one that did not fail."""
     return next(name for name in variants if name != failed)
+
+
+def _still_stoppable(config: ExperimentConfig, stops: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stops that still apply to `config`: a variant removed from it, or now its control, is no longer stopped."""
+    names = {v.name for v in config.variants}
+    return {name: record for name, record in stops.items() if name in names and name != config.control}
 
 
 def annotate(body: bytes, variant: str, request_id: str) -> bytes:

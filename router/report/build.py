@@ -1,9 +1,11 @@
 """Assemble the Report of one phase from the outcome store.
 
-Only ``assignment = 'strategy'`` exposures are analysed; override and fallback exposures (and their
-feedback) are counted and shown, never analysed. Each treatment is compared with the control (the first
-variant of the phase's configuration) on CTR per exposure, at the unit of randomisation; with several
-treatments the CTR p-values are Holm-corrected. A sample-ratio mismatch withholds every verdict.
+Every randomised exposure counts for the variant it was assigned to (intention to treat, router.report.load);
+QA overrides are counted and shown, never analysed. Each treatment is compared with the control (the first
+variant of the phase's configuration) on CTR per exposure, at the unit of randomisation, under the phase's
+recorded analysis plan: sequential (always valid) by default, fixed horizon only at a planned sample size.
+Every metric is a ratio metric (router.report.outcomes); with several treatments every p-value and interval
+is Bonferroni-adjusted. A sample-ratio mismatch withholds every verdict.
 
 A phase that served merged lists (a fan-out strategy: interleave) is compared by interleaving instead: each
 user's vote between the two teams (`interleaving_result`, at the end of this module); its traffic tables show
@@ -18,34 +20,58 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from router.config import AnalysisConfig, recorded_stops
 from router.errors import StoreFormatError
 from router.report import stats
+from router.report.checks import analysis_of, check_guardrails
+from router.report.comparison import Analysis, Comparison
 from router.report.document import (
+    AnalysisKind,
+    AnalysisSummary,
     Exclusions,
+    GuardrailCheck,
     InterleavingResult,
     Latency,
     LatencyHistogram,
+    MetricComparison,
+    MetricValue,
     OfflineMetrics,
+    PlanProgress,
     Report,
+    Stop,
     TimelineSeries,
     TreatmentResult,
     VariantSummary,
 )
 from router.report.interleaving import DegradedCounts, UserCredits, compare_interleaved
 from router.report.load import QUANTILES, PhaseData, SnapshotSource, read_phase
-from router.report.stats import Difference, Estimate, SampleRatio, Unit, UnitCounts
+from router.report.outcomes import (
+    CONVERSION,
+    CTR,
+    ERROR_RATE,
+    Metric,
+    arm_data,
+    compare_metric,
+    compared_per,
+    comparison_moments,
+    feedback_metric,
+    split_arms,
+)
+from router.report.planning import SamplePlan, plan_units, progress
+from router.report.ratio import RatioMoments, Unavailable, estimate, point
+from router.report.stats import Estimate, SampleRatio, Unit
+from router.report.verdict import format_pp, verdict_for
 from router.store.reader import Timeline, UnitTotals
-from router.strategies import fan_out_of, unit_of
+from router.strategies import fan_out_of
 
-MIN_DETECTABLE_RELATIVE = 0.05
-"""The sample-size figure targets the observed difference, but never less than 5 % of the control's CTR."""
 OFFLINE_METRICS = ("precision_at_10", "recall_at_10", "hit_rate_at_10", "coverage", "rmse")
+TUNING_DRIFT = 2.0
+"""A note says so when the sequential plan's total is more than this factor away from the configured tuning."""
 
 
 def build_report(store: SnapshotSource, phase: int | None = None) -> Report:
@@ -55,81 +81,42 @@ def build_report(store: SnapshotSource, phase: int | None = None) -> Report:
     return assemble(data)
 
 
-@dataclass(frozen=True)
-class _Arm:
-    """One variant's analysed totals: its (user, variant) pairs, seen at the phase's unit of randomisation."""
-
-    pairs: UnitTotals
-    unit: Unit
-
-    @property
-    def exposures(self) -> int:
-        return int(self.pairs.exposures.sum())
-
-    @property
-    def clicked(self) -> int:
-        return int(self.pairs.clicked.sum())
-
-    @property
-    def users(self) -> int:
-        return int(np.unique(self.pairs.user).size)
-
-    @property
-    def units(self) -> int:
-        """Units of randomisation: users under a per-user strategy, requests under a per-request one."""
-        return self.users if self.unit == "user" else self.exposures
-
-    @property
-    def per_user(self) -> UnitCounts:
-        return UnitCounts.of(self.pairs.exposures, self.pairs.clicked)
-
-    def ctr(self) -> Estimate | None:
-        """CTR with its interval: clustered by user under `hash`, Wilson per request under `random`."""
-        if self.unit == "user":
-            return stats.ratio_interval(self.per_user)
-        return stats.wilson(self.clicked, self.exposures)
-
-    def unit_sd(self) -> float:
-        """Standard deviation of one unit's contribution to the CTR (Var(CTR) = sd**2 / units)."""
-        if self.unit == "user":
-            return stats.unit_sd(self.per_user)
-        n = self.exposures
-        if n < 2:
-            return math.nan
-        share = self.clicked / n
-        return math.sqrt(share * (1 - share) * n / (n - 1))
-
-
 def assemble(data: PhaseData) -> Report:
     """Turn one phase's aggregates into the Report (pure: no I/O)."""
-    config = data.phase.config
-    strategy = _strategy(config, data.strategies)
-    unit = _unit(config, strategy)
+    outcomes = data.outcomes
+    config, plan, unit, strategy = outcomes.phase.config, outcomes.plan, outcomes.unit, outcomes.strategy
     notes: list[str] = []
     if any(logged != strategy for logged in data.strategies):
         notes.append(f"the phase is configured for {strategy} but exposures were logged with {list(data.strategies)}")
-
-    weights = _configured_weights(config)
+    weights = dict(outcomes.weights)
     interleaving = interleaving_result(data, strategy, list(weights))
     if interleaving is not None:  # every analysed exposure is a merged list: the tables show them as one row
         weights = {interleaving.label: 1.0}
-    totals = data.totals
-    for name in sorted(set(totals.variants) - set(weights)):
-        notes.append(f"variant {name} served strategy-assigned traffic but is not in the phase's config")
+    for name in sorted(set(outcomes.totals.variants) - set(weights)):
+        notes.append(f"variant {name} was assigned traffic but is not in the phase's config")
         weights[name] = 0.0
     names = list(weights)
-    control = names[0] if interleaving is None else interleaving.preference.control
-
-    arms = {name: _arm(totals, name, unit) for name in names}
+    control = names[0]
+    arms = split_arms(outcomes.totals, names)
+    metrics = tuple(feedback_metric(m) for m in plan.metrics)
     summaries = tuple(
-        _summarise(name, weights[name], arms[name], data.latency_percentiles.get(name), data.variant_info.get(name))
+        _summarise(
+            name,
+            weights[name],
+            arms[name],
+            unit,
+            plan.analysis,
+            metrics,
+            data.latency_percentiles.get(name),
+            data.variant_info.get(name),
+        )
         for name in names
     )
     for summary in summaries:
         if summary.exposures == 0:
             notes.append(f"variant {summary.name} has no analysed exposures in this phase")
 
-    srm = stats.sample_ratio([arms[name].units for name in names], [weights[name] for name in names])
+    srm = stats.sample_ratio([s.units for s in summaries], [weights[name] for name in names])
     withheld = srm is not None and srm.mismatch
     if srm is not None and withheld:
         notes.insert(
@@ -137,40 +124,70 @@ def assemble(data: PhaseData) -> Report:
             f"SAMPLE-RATIO MISMATCH: units per variant do not match the configured weights "
             f"(chi-square p = {srm.p_value:.2g}); every verdict is withheld until the assignment is fixed",
         )
-
     several = data.users_in_several_variants
     if several and unit == "user":
         notes.append(
-            f"users served by more than one variant under {strategy} assignment: {several}; this should not "
-            "happen within a phase (their exposures count in each variant they saw)"
+            f"users assigned to more than one variant under {strategy} assignment: {several}; this should not "
+            "happen within a phase (their exposures count in each variant they were assigned)"
         )
+    if not plan.analysis.sequential and plan.analysis.minimum_detectable_effect is None:
+        notes.append("the phase records a fixed-horizon analysis without a planned size: analysed sequentially")
 
+    in_effect = {stop.variant: stop for stop in _stops(recorded_stops(config), control)}
+    caused = {stop.variant: stop for stop in _stops(data.stops_caused, control)}
+    guardrails = check_guardrails(outcomes, arms) if interleaving is None else {}  # interleaving: no A/B arms
     treatments = names[1:]
-    comparisons = _compare(control, treatments, arms, weights, unit, srm)
-    correction = (
-        f"Holm over {len(treatments)} treatment-vs-control CTR tests"
-        if len(treatments) > 1
-        else "none needed (one treatment)"
+    comparisons = tuple(
+        _treatment_result(
+            name,
+            control,
+            arms,
+            weights,
+            unit,
+            plan.analysis,
+            metrics,
+            len(treatments),
+            srm if withheld else None,
+            in_effect.get(name) or caused.get(name),
+            stop_in_effect=name in in_effect,
+            guardrails=guardrails.get(name, ()),
+            notes=notes,
+        )
+        for name in treatments
     )
-    excluded = {kind: n for kind, n in data.exposures_by_assignment.items() if kind not in ("strategy",)}
+    excluded = {kind: n for kind, n in data.exposures_by_assignment.items() if kind not in ("strategy", "fallback")}
     exclusions = Exclusions(
         exposures_by_assignment=excluded,
         exposures=sum(excluded.values()),
-        feedback_events=sum(n for kind, n in data.feedback_by_assignment.items() if kind != "strategy"),
+        feedback_events=sum(n for kind, n in data.feedback_by_assignment.items() if kind in excluded),
     )
+    correction = (
+        f"Bonferroni over {len(treatments)} treatments: every p-value is multiplied by {len(treatments)} and "
+        f"every interval is at level 1 - alpha/{len(treatments)}"
+        if len(treatments) > 1
+        else "none needed (one treatment)"
+    )
+    analysis = plan.analysis
     return Report(
-        experiment=data.phase.experiment,
-        phase=data.phase.phase,
+        experiment=outcomes.phase.experiment,
+        phase=outcomes.phase.phase,
         phases=data.phases,
         strategy=strategy,
         unit=unit,
-        control=control,
-        started_at=data.phase.started_at,
+        control=control if interleaving is None else interleaving.preference.control,
+        started_at=outcomes.phase.started_at,
         first_exposure_at=data.first_exposure_at,
         last_exposure_at=data.last_exposure_at,
         generated_at=time.time(),
-        alpha=stats.ALPHA,
-        target_power=stats.POWER,
+        analysis=AnalysisSummary(
+            sequential=analysis.sequential or analysis.minimum_detectable_effect is None,
+            alpha=analysis.alpha,
+            tuning=analysis.tuning,
+            min_units=analysis.min_units,
+            minimum_detectable_effect=analysis.minimum_detectable_effect,
+            relative=analysis.relative,
+            power=analysis.power,
+        ),
         correction=correction,
         srm=srm,
         verdict_withheld=withheld,
@@ -178,105 +195,68 @@ def assemble(data: PhaseData) -> Report:
         exclusions=exclusions,
         variants=summaries,
         comparisons=comparisons,
-        timeline=tuple(_timeline(name, data.timeline.get(name), data.phase.started_at) for name in names),
+        stops=tuple({**caused, **in_effect}.values()),
+        timeline=tuple(_timeline(name, data.timeline.get(name), outcomes.phase.started_at) for name in names),
         latency_histogram=_latency_histogram(data, names),
         notes=tuple(notes),
         interleaving=interleaving,
     )
 
 
-def _arm(totals: UnitTotals, name: str, unit: Unit) -> _Arm:
-    mask = totals.of(name)
-    pairs = UnitTotals(
-        variants=(name,),
-        user=totals.user[mask],
-        variant=np.zeros(int(mask.sum()), np.int64),
-        exposures=totals.exposures[mask],
-        clicked=totals.clicked[mask],
-        errors=totals.errors[mask],
-        events={event: counts[mask] for event, counts in totals.events.items()},
-        values={event: sums[mask] for event, sums in totals.values.items()},
-    )
-    return _Arm(pairs, unit)
-
-
-def _strategy(config: Mapping[str, Any], logged: Sequence[str]) -> str:
-    strategy = config.get("strategy")
-    if strategy is None:
-        if len(logged) != 1:
-            raise StoreFormatError(f"the phase's config names no strategy and exposures show {list(logged)}")
-        strategy = logged[0]
-    return str(strategy)
-
-
-def _unit(config: Mapping[str, Any], strategy: str) -> Unit:
-    """The phase's unit of randomisation: recorded in its config (`unit`), else the strategy's registered one."""
-    recorded = config.get("unit")
-    unit = recorded if recorded in ("user", "request") else unit_of(strategy)
-    if unit is None:
-        raise StoreFormatError(
-            f"the phase's config records no unit of randomisation and {strategy!r} is not a known strategy"
-        )
-    return unit
-
-
-def _configured_weights(config: Mapping[str, Any]) -> dict[str, float]:
-    """Variant name -> normalised weight, in config order (the first is the control).
-
-    Accepts ``variants`` as a list of ``{"name", "weight"}`` objects (the YAML's shape) or a name -> weight
-    mapping. Anything else is refused: guessing the control would silently change every comparison.
-    """
-    variants = config.get("variants")
-    pairs: list[tuple[Any, Any]]
-    if isinstance(variants, list):
-        try:
-            pairs = [(v["name"], v.get("weight", 1)) for v in variants]
-        except (TypeError, KeyError) as exc:
-            raise StoreFormatError(f"config variants must have a name and a weight: {variants!r}") from exc
-    elif isinstance(variants, dict):
-        pairs = [(k, v.get("weight") if isinstance(v, dict) else v) for k, v in variants.items()]
-    else:
-        raise StoreFormatError(f"the phase's config has no variants list: {dict(config)!r}")
-    try:
-        weights = {str(name): float(weight) for name, weight in pairs}
-    except (TypeError, ValueError) as exc:
-        raise StoreFormatError(f"config weights must be numbers: {pairs!r}") from exc
-    total = sum(weights.values())
-    if not weights or total <= 0 or any(w < 0 for w in weights.values()) or len(weights) != len(pairs):
-        raise StoreFormatError(f"config variants need unique names and non-negative weights: {pairs!r}")
-    return {name: weight / total for name, weight in weights.items()}
+# ---------------------------------------------------------------------------------------------- variants
 
 
 def _summarise(
     name: str,
     weight: float,
-    arm: _Arm,
+    arm: UnitTotals,
+    unit: Unit,
+    analysis: AnalysisConfig,
+    metrics: Sequence[Metric],
     latency: tuple[float, ...] | None,
     info: Mapping[str, Any] | None,
 ) -> VariantSummary:
-    pairs = arm.pairs
-    exposures, users = arm.exposures, arm.users
-    errors = int(pairs.errors.sum())
-    events = {event: int(counts.sum()) for event, counts in sorted(pairs.events.items()) if counts.sum() > 0}
-    converted = int(np.unique(pairs.user[pairs.clicked > 0]).size)
+    exposures = int(arm.exposures.sum())
+    users = int(np.unique(arm.user).size)
+    events = {event: int(counts.sum()) for event, counts in sorted(arm.events.items()) if counts.sum() > 0}
+
+    def value(metric: Metric) -> MetricValue:
+        return metric_value(arm, metric, analysis)
+
     return VariantSummary(
         name=name,
         weight=weight,
-        units=arm.units,
+        units=users if unit == "user" else exposures,
         exposures=exposures,
         users=users,
         requests_per_user=exposures / users if users else None,
-        errors=errors,
-        error_rate=stats.wilson(errors, exposures),
+        errors=int(arm.errors.sum()),
+        fallbacks=int(arm.fallbacks.sum()),
+        error_rate=value(ERROR_RATE),
         latency_ms=Latency(*latency) if latency is not None and len(latency) == len(QUANTILES) else None,
         feedback_events=sum(events.values()),
         feedback_by_event=events,
-        clicked_exposures=arm.clicked,
-        ctr=arm.ctr(),
-        converted_users=converted,
-        conversion=stats.wilson(converted, users),
+        clicked_exposures=int(arm.clicked.sum()),
+        ctr=value(CTR),
+        converted_users=int(np.unique(arm.user[arm.clicked > 0]).size),
+        conversion=value(CONVERSION),
+        metrics=tuple(value(metric) for metric in metrics),
         offline=_offline(info),
     )
+
+
+def metric_value(arm: UnitTotals, metric: Metric, analysis: AnalysisConfig) -> MetricValue:
+    """One variant's value with its (1 - alpha) t interval, clustered by user (one entry per user)."""
+    data = arm_data(arm, metric)
+    if isinstance(data, Unavailable):
+        return MetricValue(metric.name, metric.label, metric.scale, None, None, data.reason)
+    shown = point(data)
+    result = estimate(data, alpha=analysis.alpha, min_units=analysis.min_units)
+    if isinstance(result, Unavailable):
+        value = None if isinstance(shown, Unavailable) else shown
+        return MetricValue(metric.name, metric.label, metric.scale, value, None, result.reason)
+    interval = Estimate(result.value, result.low, result.high)
+    return MetricValue(metric.name, metric.label, metric.scale, result.value, interval, None)
 
 
 def _offline(info: Mapping[str, Any] | None) -> OfflineMetrics | None:
@@ -285,7 +265,7 @@ def _offline(info: Mapping[str, Any] | None) -> OfflineMetrics | None:
     metrics = info.get("metrics")
     source = metrics if isinstance(metrics, dict) else info
     numbers = {
-        key: float(value) if isinstance(value, int | float) else None
+        key: float(value) if isinstance(value, int | float) and math.isfinite(value) else None
         for key, value in source.items()
         if key in OFFLINE_METRICS
     }
@@ -297,126 +277,236 @@ def _offline(info: Mapping[str, Any] | None) -> OfflineMetrics | None:
     )
 
 
-def _compare(
+# ---------------------------------------------------------------------------------------------- comparisons
+
+
+def _treatment_result(
+    name: str,
     control: str,
-    treatments: Sequence[str],
-    arms: Mapping[str, _Arm],
+    arms: Mapping[str, UnitTotals],
     weights: Mapping[str, float],
     unit: Unit,
+    config: AnalysisConfig,
+    metrics: Sequence[Metric],
+    m: int,
     srm: SampleRatio | None,
-) -> tuple[TreatmentResult, ...]:
-    ctr = {name: _compare_ctr(arms[control], arms[name]) for name in treatments}
-    tested = [name for name in treatments if ctr[name].p_value is not None]
-    p_values = [p for name in tested if (p := ctr[name].p_value) is not None]
-    adjusted = dict(zip(tested, stats.holm(p_values), strict=True))
-    # Sample size at alpha / m (Bonferroni): a slightly conservative stand-in for Holm's first step.
-    power_alpha = stats.ALPHA / max(len(tested), 1)
-    withheld = srm is not None and srm.mismatch
-    results = []
-    for name in treatments:
-        difference = ctr[name]
-        p_adjusted = adjusted.get(name)
-        significant = p_adjusted is not None and p_adjusted < stats.ALPHA
-        allocation = weights[name] / weights[control] if weights[control] > 0 and weights[name] > 0 else 1.0
-        effect, more = _more_units_needed(arms[control], arms[name], difference, allocation, power_alpha)
-        result = TreatmentResult(
-            treatment=name,
-            control=control,
-            ctr=difference,
-            p_adjusted=p_adjusted,
-            significant=significant,
-            conversion=_conversion(arms[control], arms[name]) if unit == "user" else None,
-            detectable_effect=effect,
-            more_units_needed=more,
-            verdict="",
+    stop: Stop | None,
+    *,
+    stop_in_effect: bool,
+    guardrails: tuple[GuardrailCheck, ...],
+    notes: list[str],
+) -> TreatmentResult:
+    planned = config.minimum_detectable_effect is not None
+    primary_kind: AnalysisKind = "fixed" if not config.sequential and planned else "sequential"
+    plans = _plans(arms[control], arms[name], weights[control], weights[name], unit, config, m, primary_kind, notes)
+    by_kind = {plan.analysis: plan for plan in plans}
+
+    def ctr_under(kind: AnalysisKind) -> MetricComparison:
+        fixed_plan = by_kind.get("fixed")
+        gate = None
+        if kind == "fixed" and (fixed_plan is None or not fixed_plan.reached):
+            gate = (
+                "the fixed-horizon test is valid only at the planned size, not reached yet"
+                if fixed_plan is not None and fixed_plan.reason is None
+                else f"no planned size yet ({fixed_plan.reason if fixed_plan else 'none configured'})"
+            )
+        return _metric_comparison(
+            arms[control], arms[name], CTR, unit, analysis_of(config, sequential=kind == "sequential"), m, gate
         )
-        verdict = verdict_for(result, unit, several_treatments=len(treatments) > 1, srm=srm if withheld else None)
-        results.append(replace(result, verdict=verdict))
-    return tuple(results)
 
-
-def _compare_ctr(control: _Arm, treatment: _Arm) -> Difference:
-    """CTR, treatment vs control, at the unit of randomisation (see stats.compare_ctr)."""
-    if control.unit == "user":
-        return stats.compare_ratios(control.per_user, treatment.per_user)
-    return stats.compare_proportions(control.clicked, control.exposures, treatment.clicked, treatment.exposures)
-
-
-def _conversion(control: _Arm, treatment: _Arm) -> Difference:
-    """Share of users with at least one click, treatment vs control (users are independent under hash)."""
-
-    def converted_and_users(arm: _Arm) -> tuple[int, int]:
-        return int(np.unique(arm.pairs.user[arm.pairs.clicked > 0]).size), arm.users
-
-    return stats.compare_proportions(*converted_and_users(control), *converted_and_users(treatment))
-
-
-def _more_units_needed(
-    control: _Arm, treatment: _Arm, difference: Difference, allocation: float, alpha: float
-) -> tuple[float | None, int | None]:
-    """The effect the sample size targets, and about how many more units per variant reach 80 % power.
-
-    The target is the observed difference (floored at 5 % of the control's CTR, so a difference of ~0 does
-    not ask for billions of users); the unit-level spread is pooled from both arms.
-    """
-    if difference.absolute is None or not difference.control > 0:
-        return None, None
-    sd = math.sqrt((control.unit_sd() ** 2 + treatment.unit_sd() ** 2) / 2)
-    if not math.isfinite(sd) or sd <= 0:
-        return None, None
-    effect = max(abs(difference.absolute.value), MIN_DETECTABLE_RELATIVE * difference.control)
-    control_needed = stats.units_needed(effect, sd, ratio=allocation, alpha=alpha)
-    if not math.isfinite(control_needed):
-        return None, None
-    more = max(math.ceil(control_needed) - control.units, math.ceil(control_needed * allocation) - treatment.units, 0)
-    return effect, int(more)
-
-
-def verdict_for(result: TreatmentResult, unit: Unit, *, several_treatments: bool, srm: SampleRatio | None) -> str:
-    """One line an experimenter can act on.
-
-    "model_b beats model_a on CTR by +2.1 pp [0.8, 3.4], p = 0.002", or "no significant difference yet ...;
-    about N more users per variant needed for 80% power ...", or why there is no verdict.
-    """
-    treatment, control, difference = result.treatment, result.control, result.ctr
-    if srm is not None:
-        return (
-            f"verdict withheld: sample-ratio mismatch (p = {srm.p_value:.2g}); the split of {unit}s does not "
-            "match the configured weights, so the comparison cannot be trusted"
-        )
-    if difference.absolute is None or result.p_adjusted is None:
-        return f"not enough data yet to compare {treatment} with {control} on CTR"
-    p_label = "p (Holm)" if several_treatments else "p"
-    p_text = format_p(result.p_adjusted, p_label)
-    effect_text = format_pp(difference.absolute)
-    if result.significant:
-        direction = "beats" if difference.absolute.value > 0 else "is worse than"
-        relative = f" ({difference.relative.value:+.0%} relative)" if difference.relative else ""
-        return f"{treatment} {direction} {control} on CTR by {effect_text}{relative}, {p_text}"
-    verdict = f"no significant difference yet between {treatment} and {control} on CTR ({effect_text}, {p_text})"
-    if result.more_units_needed is None or result.detectable_effect is None:
-        return verdict
-    target = f"{result.detectable_effect * 100:.2g} pp"
-    if result.more_units_needed == 0:
-        return (
-            f"{verdict}; the phase already has 80% power to detect a {target} difference, "
-            "so a true difference is probably smaller than that"
-        )
-    return (
-        f"{verdict}; about {result.more_units_needed:,} more {unit}s per variant needed "
-        f"for 80% power to detect a {target} difference"
+    primary = ctr_under(primary_kind)
+    other: MetricComparison | None = None
+    if planned:
+        other = ctr_under("sequential" if primary_kind == "fixed" else "fixed")
+    sequential = analysis_of(config, sequential=True)
+    secondary = [ERROR_RATE, *metrics]
+    if unit == "user":
+        secondary.insert(0, CONVERSION)
+    result_metrics = tuple(
+        _metric_comparison(arms[control], arms[name], metric, unit, sequential, m) for metric in secondary
+    )
+    verdict = verdict_for(
+        primary,
+        treatment=name,
+        control=control,
+        unit=unit,
+        plans=plans,
+        several_treatments=m > 1,
+        srm=srm,
+        stop=stop,
+        stop_in_effect=stop_in_effect,
+        guardrails=guardrails,
+    )
+    return TreatmentResult(
+        treatment=name,
+        control=control,
+        analysis=primary_kind,
+        ctr=primary,
+        ctr_other=other,
+        plans=plans,
+        metrics=result_metrics,
+        guardrails=guardrails,
+        stopped=stop,
+        significant=primary.significant and srm is None and not stop_in_effect,
+        verdict=verdict,
     )
 
 
-def format_pp(estimate: Estimate) -> str:
-    """An absolute difference of shares in percentage points: "+2.1 pp [0.8, 3.4]"."""
-    scale = max(abs(estimate.low), abs(estimate.high), abs(estimate.value)) * 100
-    digits = 1 if scale >= 1 else 2
-    return f"{estimate.value * 100:+.{digits}f} pp [{estimate.low * 100:.{digits}f}, {estimate.high * 100:.{digits}f}]"
+def _metric_comparison(
+    control: UnitTotals,
+    treatment: UnitTotals,
+    metric: Metric,
+    unit: Unit,
+    analysis: Analysis,
+    m: int,
+    gate: str | None = None,
+) -> MetricComparison:
+    """The comparison as the report shows it; with `gate`, the values only (the test may not be read yet)."""
+    kind: AnalysisKind = "sequential" if analysis.sequential else "fixed"
+    per = compared_per(metric, unit)
+    result = compare_metric(control, treatment, metric, unit, analysis, m)
+    if isinstance(result, Comparison) and gate is None:
+        return _from_core(result, metric, per)
+    reason = gate if gate is not None or isinstance(result, Comparison) else result.reason
+    shown = [_value(comparison_moments(arm, metric, unit)) for arm in (control, treatment)]
+    return MetricComparison(
+        metric.name, metric.label, metric.scale, kind, shown[0], shown[1], None, None, None, False, per, "", reason
+    )
 
 
-def format_p(p_value: float, label: str = "p") -> str:
-    return f"{label} < 0.001" if p_value < 0.001 else f"{label} = {p_value:.3f}"
+def _value(summary: RatioMoments | Unavailable) -> float | None:
+    if isinstance(summary, Unavailable):
+        return None
+    value = float(summary.value)
+    return value if math.isfinite(value) else None
+
+
+def _from_core(result: Comparison, metric: Metric, per: str) -> MetricComparison:
+    """The core's comparison; a difference of shares is clipped to [-1, 1] and its relative one to [-1, inf).
+
+    Clipping drops only impossible values, so it never changes whether the interval excludes 0.
+    """
+    difference, relative = result.absolute, None if isinstance(result.relative, Unavailable) else result.relative
+    if metric.scale == "share":
+        difference = Estimate(difference.value, max(difference.low, -1.0), min(difference.high, 1.0))
+        if relative is not None:
+            relative = Estimate(relative.value, max(relative.low, -1.0), relative.high)
+    return MetricComparison(
+        metric=metric.name,
+        label=metric.label,
+        scale=metric.scale,
+        analysis=result.analysis,
+        control=result.control,
+        treatment=result.treatment,
+        difference=difference,
+        relative=relative,
+        p_value=result.p_value,
+        significant=result.significant,
+        compared_per=per,
+        method=result.method,
+        reason=None,
+    )
+
+
+def _plans(
+    control: UnitTotals,
+    treatment: UnitTotals,
+    control_weight: float,
+    treatment_weight: float,
+    unit: Unit,
+    config: AnalysisConfig,
+    m: int,
+    primary: AnalysisKind,
+    notes: list[str],
+) -> tuple[PlanProgress, ...]:
+    """Progress toward the planned sizes (the primary analysis' first); empty without a configured effect.
+
+    The plan uses the configured effect and power and the control's per-unit CTR variance measured so far in
+    this phase (never the observed difference: that would be post-hoc power).
+    """
+    effect = config.minimum_detectable_effect
+    if effect is None:
+        return ()
+    kinds: tuple[AnalysisKind, ...] = (primary, "fixed" if primary == "sequential" else "sequential")
+    arms = comparison_moments(control, CTR, unit), comparison_moments(treatment, CTR, unit)
+
+    def unplanned(kind: AnalysisKind, reason: str) -> PlanProgress:
+        return PlanProgress(kind, None, None, None, config.power, None, False, reason)
+
+    control_arm, treatment_arm = arms
+    if isinstance(control_arm, Unavailable):
+        return tuple(unplanned(kind, control_arm.reason) for kind in kinds)
+    if isinstance(treatment_arm, Unavailable):
+        return tuple(unplanned(kind, treatment_arm.reason) for kind in kinds)
+    baseline, variance = float(control_arm.value), float(control_arm.variance) * float(control_arm.units)
+    if not (math.isfinite(baseline) and math.isfinite(variance)):
+        reason = "not enough control data yet to measure the spread between units"
+        return tuple(unplanned(kind, reason) for kind in kinds)
+    if not (control_weight > 0 and treatment_weight > 0):
+        return tuple(unplanned(kind, "a variant of the comparison has no weight in this phase") for kind in kinds)
+    result = []
+    for kind in kinds:
+        plan = plan_units(
+            effect,
+            unit_variance=variance,
+            baseline=baseline,
+            relative=config.relative,
+            alpha=config.alpha,
+            power=config.power,
+            comparisons=m,
+            allocation=treatment_weight / control_weight,
+            sequential=kind == "sequential",
+        )
+        if isinstance(plan, Unavailable):
+            result.append(unplanned(kind, plan.reason))
+            continue
+        if kind == "sequential":
+            _note_tuning(plan, config, notes)
+        reached = progress(plan, int(control_arm.units), int(treatment_arm.units))
+        result.append(
+            PlanProgress(
+                kind,
+                plan.control_units,
+                plan.treatment_units,
+                plan.effect,
+                config.power,
+                reached.fraction,
+                reached.reached,
+                None,
+            )
+        )
+    return tuple(result)
+
+
+def _note_tuning(plan: SamplePlan, config: AnalysisConfig, notes: list[str]) -> None:
+    total = plan.total_units
+    if max(total / config.tuning, config.tuning / total) > TUNING_DRIFT:
+        note = (
+            f"the sequential plan ({total:,} units in both arms) assumes analysis.tuning near that total; "
+            f"it is {config.tuning:g}, so the sequence is tightest elsewhere and the plan is approximate"
+        )
+        if note not in notes:
+            notes.append(note)
+
+
+def _stops(records: Sequence[Mapping[str, Any]], control: str) -> list[Stop]:
+    stops = []
+    for record in records:
+        at, phase = record.get("at"), record.get("phase")
+        stops.append(
+            Stop(
+                variant=str(record["variant"]),
+                guardrail=str(record.get("guardrail", "?")),
+                at=float(at) if isinstance(at, int | float) and math.isfinite(at) else 0.0,
+                phase=int(phase) if isinstance(phase, int) else 0,
+                moved_to=str(record.get("moved_to", control)),
+                detail=str(record.get("detail", "")),
+            )
+        )
+    return stops
+
+
+# ---------------------------------------------------------------------------------------------- plots' data
 
 
 def _timeline(name: str, series: Timeline | None, started_at: float) -> TimelineSeries:
@@ -464,3 +554,6 @@ def interleaving_result(data: PhaseData, strategy: str, variants: Sequence[str])
     degraded = DegradedCounts(totals.exposures, tuple((name, totals.degraded.get(name, 0)) for name in variants))
     preference = compare_interleaved(control, treatment, credits, degraded)
     return InterleavingResult(label, method, totals.exposures, totals.failed, preference, preference.sequential_verdict)
+
+
+__all__ = ["assemble", "build_report", "format_pp", "interleaving_result", "metric_value"]

@@ -161,13 +161,28 @@ def compare(
     control: RatioData, treatment: RatioData, analysis: Analysis | None = None, comparisons: int = 1
 ) -> Comparison | Unavailable:
     """Treatment vs control, or why no verdict can be given (too few units, no variation, no data)."""
-    analysis = analysis or Analysis()
-    m = max(comparisons, 1)
     for name, data in (("control", control), ("treatment", treatment)):
         problem = invalid_values(data)
         if problem is not None:
             return Unavailable(f"{problem} ({name})")
-    arms = moments(control.numerator, control.denominator), moments(treatment.numerator, treatment.denominator)
+    return compare_moments(
+        moments(control.numerator, control.denominator),
+        moments(treatment.numerator, treatment.denominator),
+        analysis,
+        comparisons,
+    )
+
+
+def compare_moments(
+    control: RatioMoments, treatment: RatioMoments, analysis: Analysis | None = None, comparisons: int = 1
+) -> Comparison | Unavailable:
+    """``compare`` over each arm's summary (``ratio.moments``, or ``ratio.binary_moments`` from counts).
+
+    The report compares per-request 0/1 outcomes under ``random`` this way, without an array per request.
+    """
+    analysis = analysis or Analysis()
+    m = max(comparisons, 1)
+    arms = control, treatment
     for name, arm in zip(("control", "treatment"), arms, strict=True):
         active = int(arm.active)
         if active < analysis.min_units:

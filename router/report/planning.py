@@ -105,6 +105,8 @@ def plan_units(
     if log_units > math.log(MAX_UNITS):
         return Unavailable(f"the effect is too small to detect: more than {MAX_UNITS:.0e} units per arm needed")
     control_units = max(math.ceil(math.exp(log_units)), MIN_UNITS)
+    if not control_units * allocation <= MAX_UNITS:  # a huge allocation: the treatment's side is out of reach
+        return Unavailable(f"the treatment would need more than {MAX_UNITS:.0e} units at this allocation")
     treatment_units = max(math.ceil(control_units * allocation), MIN_UNITS)
     return SamplePlan(control_units, treatment_units, absolute, alpha, power, comparisons, sequential)
 

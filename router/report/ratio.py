@@ -145,6 +145,35 @@ def moments(numerator: ArrayLike, denominator: ArrayLike) -> RatioMoments:
     )
 
 
+def binary_moments(successes: ArrayLike, trials: ArrayLike) -> RatioMoments:
+    """``moments`` of per-request 0/1 outcomes (denominator 1 each) from their counts alone, vectorised.
+
+    Under ``random`` the comparison unit is the request, but the store hands over per-user totals: for a 0/1
+    outcome (clicked, failed, slow) the counts are all ``moments`` needs, so no array per request is built.
+    With R = s / n: the CR2 sum is s (1 - R) / (1 - 1/n), so the variance is R (1 - R) / (n - 1) and the Kish
+    degrees of freedom n - 1 (tests/report/test_ratio.py checks it against ``moments`` of the expanded data).
+
+    >>> summary = binary_moments(3, 10)
+    >>> float(summary.value), round(float(summary.variance), 5), float(summary.df)
+    (0.3, 0.02333, 9.0)
+    """
+    s = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        defined = (n > 0) & np.isfinite(n) & np.isfinite(s) & (s >= 0) & (s <= n)
+        value = np.where(defined, s / np.where(defined, n, 1.0), np.nan)
+        variance = value * (1.0 - value) / (n - 1.0)
+        df = n - 1.0
+    enough = defined & (n >= 2)
+    return RatioMoments(
+        units=np.asarray(np.where(np.isfinite(n), n, 0), dtype=np.int64),
+        active=np.asarray(np.where(np.isfinite(n), n, 0), dtype=np.int64),
+        value=np.asarray(value, dtype=np.float64),
+        variance=np.asarray(np.where(enough, variance, np.nan), dtype=np.float64),
+        df=np.asarray(np.where(enough, df, np.nan), dtype=np.float64),
+    )
+
+
 @dataclass(frozen=True)
 class ArmEstimate:
     """One arm's ratio with a t interval (clipped to the metric's possible range)."""

@@ -22,17 +22,26 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from router.report.build import format_p, format_pp
-from router.report.document import InterleavingResult, Report
+from router.report.document import (
+    GuardrailCheck,
+    InterleavingResult,
+    MetricComparison,
+    MetricValue,
+    PlanProgress,
+    Report,
+    Scale,
+)
 from router.report.interleaving import SEQUENTIAL_METHOD, format_delta
-from router.report.stats import Difference, Estimate
+from router.report.stats import Estimate
+from router.report.verdict import format_effect, format_p, format_pp, format_value
 
-JSON_VERSION = 1
+JSON_VERSION = 2
+"""2: intention to treat, ratio metrics, sequential/fixed analyses with plans, guardrails and stops (issue 12)."""
 UNIT_METHODS = {
-    "user": "per user: CTR is a ratio metric (clicked exposures / exposures per user) compared with the "
-    "delta method, i.e. standard errors clustered by user; conversion is a two-proportion score test over users",
-    "request": "per request: CTR is compared with a two-proportion score test over requests; conversion per "
-    "user is shown but not tested, because a user's requests go to several variants",
+    "user": "per user: every metric is a ratio metric (e.g. clicked exposures / exposures, summed per user) "
+    "whose variance is clustered by user (delta method)",
+    "request": "per request: CTR, error rate and the slow-request share are compared per request; value "
+    "metrics per user within each variant (conservative); per-variant intervals are clustered by user",
 }
 OFFLINE_LABELS = {
     "precision_at_10": "precision@10",
@@ -40,6 +49,10 @@ OFFLINE_LABELS = {
     "hit_rate_at_10": "hit rate@10",
     "coverage": "coverage",
     "rmse": "RMSE",
+}
+ANALYSIS_LABELS = {
+    "sequential": "sequential (always valid: may be read at any time)",
+    "fixed": "fixed horizon (valid once, at the planned size)",
 }
 NUMERIC = re.compile(r"^(?:[-+<]\s?)?[\d.,]+")  # cells right-aligned in HTML tables
 BULLETED = ("verdict", "exclusions", "method", "interleaving-verdict", "interleaving-method")
@@ -89,6 +102,8 @@ def sections(report: Report) -> tuple[Section, ...]:
         _traffic_section(report),
         _outcomes_section(report),
         _comparisons_section(report),
+        _plan_section(report),
+        _guardrails_section(report),
         _srm_section(report),
         _offline_section(report),
         _exclusions_section(report),
@@ -98,12 +113,15 @@ def sections(report: Report) -> tuple[Section, ...]:
 
 def _header_lines(report: Report) -> tuple[str, ...]:
     phases = ", ".join(str(p) for p in report.phases)
+    analysis = report.analysis
     return (
         f"Experiment **{report.experiment}**, phase **{report.phase}** (phases in the store: {phases}). "
         f"Phase started {_when(report.started_at)}; exposures from {_when(report.first_exposure_at)} "
         f"to {_when(report.last_exposure_at)}; report generated {_when(report.generated_at)}.",
         f"Strategy **{report.strategy}**, so the unit of analysis is the **{report.unit}** "
-        f"({UNIT_METHODS[report.unit]}). Control: **{report.control}**.",
+        f"({UNIT_METHODS[report.unit]}). Control: **{report.control}**. Analysis: "
+        f"**{ANALYSIS_LABELS['sequential' if analysis.sequential else 'fixed']}**, alpha = {analysis.alpha:g}. "
+        "Every randomised exposure counts for the variant it was assigned to (intention to treat).",
     )
 
 
@@ -118,10 +136,30 @@ def _srm_banner(report: Report) -> str | None:
 
 
 def _verdict_section(report: Report) -> Section:
-    lines = tuple(f"**{c.treatment} vs {c.control}**: {c.verdict}" for c in report.comparisons)
+    lines = tuple(
+        f"**{c.treatment} vs {c.control}** - analysis: {ANALYSIS_LABELS[c.analysis]}; planned size: "
+        f"{_plan_state(c.plans, report.unit)}; guardrails: {_guardrail_states(c.guardrails)}. **Verdict:** {c.verdict}"
+        for c in report.comparisons
+    )
     if not lines:
         lines = ("Only one variant in this phase: nothing to compare.",)
     return Section("verdict", "Verdict (primary metric: CTR per exposure)", lines)
+
+
+def _plan_state(plans: Sequence[PlanProgress], unit: str) -> str:
+    if not plans:
+        return "none configured"
+    plan = plans[0]
+    if plan.fraction is None or plan.control_units is None:
+        return f"not computable yet ({plan.reason})"
+    state = "reached" if plan.reached else "not reached"
+    return f"{state}, {plan.fraction:.0%} of {plan.control_units:,} {unit}s per variant"
+
+
+def _guardrail_states(checks: Sequence[GuardrailCheck]) -> str:
+    if not checks:
+        return "none configured"
+    return ", ".join(f"{g.metric} {g.state.upper() if g.state == 'harmful' else g.state}" for g in checks)
 
 
 def _traffic_section(report: Report) -> Section:
@@ -132,7 +170,8 @@ def _traffic_section(report: Report) -> Section:
         "exposures",
         "requests/user",
         "errors",
-        "error rate [95% CI]",
+        "served by fallback",
+        "error rate [CI]",
         "latency p50 / p95 / p99 ms",
     )
     rows = tuple(
@@ -143,7 +182,8 @@ def _traffic_section(report: Report) -> Section:
             f"{v.exposures:,}",
             f"{v.requests_per_user:.2f}" if v.requests_per_user is not None else "-",
             f"{v.errors:,}",
-            _share(v.error_rate),
+            f"{v.fallbacks:,}",
+            _metric_value(v.error_rate),
             f"{v.latency_ms.p50:.1f} / {v.latency_ms.p95:.1f} / {v.latency_ms.p99:.1f}" if v.latency_ms else "-",
         )
         for v in report.variants
@@ -152,9 +192,12 @@ def _traffic_section(report: Report) -> Section:
         "traffic",
         "Traffic per variant",
         (
-            f"Analysed exposures only (assignment = 'strategy'). Units of randomisation ({report.unit}s): "
+            "Every randomised exposure, counted for the variant it was assigned to (QA overrides excluded). "
+            f"Units of randomisation ({report.unit}s): "
             + ", ".join(f"{v.name} {v.units:,}" for v in report.variants)
-            + ". Errors are exposures the router answered with an error status.",
+            + ". Errors are exposures the router answered with an error status; 'served by fallback' are this "
+            "variant's exposures the fallback variant answered because this one failed. Both count as failures "
+            "in the error rate.",
         ),
         headers,
         rows,
@@ -162,13 +205,15 @@ def _traffic_section(report: Report) -> Section:
 
 
 def _outcomes_section(report: Report) -> Section:
+    names = [m.label for m in report.variants[0].metrics] if report.variants else []
     headers = (
         "variant",
         "feedback events",
         "clicked exposures",
-        "CTR [95% CI]",
+        "CTR [CI]",
         "converted users",
-        "conversion [95% CI]",
+        "conversion [CI]",
+        *(f"{name} [CI]" for name in names),
     )
     rows = tuple(
         (
@@ -176,19 +221,22 @@ def _outcomes_section(report: Report) -> Section:
             f"{v.feedback_events:,}"
             + (f" ({', '.join(f'{k} {n:,}' for k, n in v.feedback_by_event.items())})" if v.feedback_by_event else ""),
             f"{v.clicked_exposures:,}",
-            _share(v.ctr),
+            _metric_value(v.ctr),
             f"{v.converted_users:,}",
-            _share(v.conversion),
+            _metric_value(v.conversion),
+            *(_metric_value(m) for m in v.metrics),
         )
         for v in report.variants
     )
-    ctr_interval = "clustered by user (delta method, Wilson form)" if report.unit == "user" else "Wilson, per request"
     return Section(
         "outcomes",
         "Outcomes per variant",
         (
-            "CTR = share of exposures with at least one click event; conversion = share of the variant's users "
-            f"with at least one click. CTR interval: {ctr_interval}; conversion interval: Wilson, per user.",
+            "CTR = share of exposures with at least one click event (a fallback's clicks count for the variant "
+            "assigned; an error is an exposure without clicks); conversion = share of the variant's users with "
+            "at least one click. Every interval is a t interval at level "
+            f"{1 - report.analysis.alpha:.0%}, clustered by user, shown as '-' with fewer than "
+            f"{report.analysis.min_units} users with data.",
         ),
         headers,
         rows,
@@ -199,47 +247,155 @@ def _comparisons_section(report: Report) -> Section:
     headers = (
         "treatment vs control",
         "metric",
+        "analysis",
         "control",
         "treatment",
-        "difference [95% CI]",
-        "relative [95% CI]",
-        "p",
-        "p (Holm)",
+        "difference [CI]",
+        "relative [CI]",
+        "p (adjusted)",
+        "compared per",
         "method",
     )
     rows: list[tuple[str, ...]] = []
     for c in report.comparisons:
         pair = f"{c.treatment} vs {c.control}"
-        rows.append(_difference_row(pair, "CTR", c.ctr, c.p_adjusted))
-        if c.conversion is not None:
-            rows.append(_difference_row(pair, "conversion (secondary)", c.conversion, None))
+        rows.append(_comparison_row(pair, c.ctr, "CTR (primary)"))
+        if c.ctr_other is not None:
+            rows.append(_comparison_row(pair, c.ctr_other, "CTR"))
+        rows.extend(_comparison_row(pair, m, f"{m.label} (secondary)") for m in c.metrics)
     return Section(
         "comparisons",
         "Treatment vs control",
         (
-            "Differences are treatment minus control in percentage points (pp); relative = treatment / "
-            f"control - 1. Two-sided tests at alpha = {report.alpha:g}. Multiple-comparison correction of "
-            f"the primary metric: {report.correction}. Conversion is a secondary metric, not corrected and "
-            "not used for the verdict.",
+            "Differences are treatment minus control (shares in percentage points, pp); relative = treatment / "
+            "control - 1 (Fieller's interval). Sequential rows show the always-valid confidence sequence and "
+            "p-value, fixed-horizon rows the Welch t interval (Satterthwaite degrees of freedom). Adjustment for "
+            f"several treatments: {report.correction}; the interval and the p-value are adjusted alike, so a row is "
+            f"significant (p < {report.analysis.alpha:g}) exactly when its interval excludes 0. Secondary metrics "
+            "are always sequential and never decide the verdict.",
         ),
         headers,
         tuple(rows),
     )
 
 
-def _difference_row(pair: str, metric: str, d: Difference, p_adjusted: float | None) -> tuple[str, ...]:
-    relative = f"{d.relative.value:+.1%} [{d.relative.low:.1%}, {d.relative.high:.1%}]" if d.relative else "-"
+def _comparison_row(pair: str, c: MetricComparison, label: str) -> tuple[str, ...]:
+    relative = f"{c.relative.value:+.1%} [{c.relative.low:.1%}, {c.relative.high:.1%}]" if c.relative else "-"
     return (
         pair,
-        metric,
-        _percent(d.control),
-        _percent(d.treatment),
-        format_pp(d.absolute) if d.absolute else "-",
+        label,
+        c.analysis,
+        _scaled(c.control, c.scale),
+        _scaled(c.treatment, c.scale),
+        _difference(c.difference, c.scale) if c.difference else "-",
         relative,
-        format_p(d.p_value, "").strip(" =") if d.p_value is not None else "-",
-        format_p(p_adjusted, "").strip(" =") if p_adjusted is not None else "-",
-        d.method,
+        format_p(c.p_value, "").strip(" =") if c.p_value is not None else "-",
+        c.compared_per,
+        c.method if c.reason is None else f"- ({c.reason})",
     )
+
+
+def _plan_section(report: Report) -> Section:
+    rows = tuple(
+        (
+            f"{c.treatment} vs {c.control}",
+            ANALYSIS_LABELS[plan.analysis] + (" (the verdict's)" if plan.analysis == c.analysis else ""),
+            f"{plan.control_units:,} / {plan.treatment_units:,}"
+            if plan.control_units and plan.treatment_units
+            else "-",
+            format_effect(plan.effect) if plan.effect is not None else "-",
+            f"{plan.power:.0%}",
+            f"{plan.fraction:.0%}" if plan.fraction is not None else "-",
+            ("reached" if plan.reached else "not reached") if plan.reason is None else f"- ({plan.reason})",
+        )
+        for c in report.comparisons
+        for plan in c.plans
+    )
+    analysis = report.analysis
+    if analysis.minimum_detectable_effect is None:
+        text = (
+            "No minimum detectable effect is configured (analysis.minimum_detectable_effect), so there is no planned "
+            "size and no fixed-horizon analysis; the sequential verdict is valid whenever it is read."
+        )
+        return Section("plan", "Planned sample size", (text,))
+    mde = analysis.minimum_detectable_effect
+    effect = f"{mde:.3g} relative to the control's CTR" if analysis.relative else format_effect(mde)
+    return Section(
+        "plan",
+        "Planned sample size",
+        (
+            f"Planned for a minimum detectable CTR difference of {effect} at {analysis.power:.0%} power and alpha "
+            f"{analysis.alpha:g} (adjusted for several treatments), with the control's spread between units "
+            "measured in this phase - never the observed difference. The fixed-horizon plan is where its test "
+            "is valid; the sequential plan is the maximum size at which the sequence reaches the same power at "
+            f"its last look (tuning {analysis.tuning:g} units).",
+        ),
+        (
+            "treatment vs control",
+            "analysis",
+            f"planned {report.unit}s (control / treatment)",
+            "MDE",
+            "power",
+            "progress",
+            "state",
+        ),
+        rows,
+    )
+
+
+def _guardrails_section(report: Report) -> Section:
+    rows = tuple(
+        (
+            f"{c.treatment} vs {c.control}",
+            g.metric + (f" (slower than {g.threshold_ms:.1f} ms)" if g.threshold_ms is not None else ""),
+            g.direction.replace("_", " "),
+            _tolerance(g),
+            g.action,
+            g.state.upper() if g.state == "harmful" else g.state,
+            _difference(g.worse_by, g.scale) if g.worse_by is not None else "-",
+            g.reason,
+        )
+        for c in report.comparisons
+        for g in c.guardrails
+    )
+    paragraphs = [
+        "Each guardrail is judged on the sequential analysis (the router checks it every few seconds, which only "
+        "an always-valid sequence allows): harmful when the treatment is worse than the tolerance over the whole "
+        "sequence, healthy when it is not worse than the tolerance, inconclusive otherwise. 'worse by' is "
+        "positive when the treatment is worse. A harmful guardrail with action 'stop' makes the router move the "
+        "variant's weight to the control (a new phase); 'alert' only logs and counts.",
+    ]
+    paragraphs += [
+        f"**{stop.variant} stopped by guardrail {stop.guardrail} at {_when(stop.at)}** (on phase {stop.phase}'s "
+        f"data: {stop.detail}); its traffic goes to {stop.moved_to} until an admin resumes it "
+        "(POST /admin/resume/{variant})."
+        for stop in report.stops
+    ]
+    if not rows:
+        paragraphs.append("No guardrails are configured (or no treatment runs in this phase).")
+        return Section("guardrails", "Guardrails", tuple(paragraphs))
+    return Section(
+        "guardrails",
+        "Guardrails",
+        tuple(paragraphs),
+        (
+            "treatment vs control",
+            "guardrail",
+            "direction",
+            "tolerance",
+            "action",
+            "state",
+            "worse by [sequence]",
+            "reason",
+        ),
+        rows,
+    )
+
+
+def _tolerance(g: GuardrailCheck) -> str:
+    if g.relative:
+        return f"{g.margin:.3g} relative"
+    return f"{g.margin * 100:.3g} pp" if g.scale == "share" else f"{g.margin:.3g}"
 
 
 def _srm_section(report: Report) -> Section:
@@ -255,8 +411,8 @@ def _srm_section(report: Report) -> Section:
         "srm",
         "Sample ratio",
         (
-            f"Chi-square of {report.unit}s per variant against the configured weights: chi2 = {srm.chi2:.2f}, "
-            f"p = {srm.p_value:.3g} (flagged below 0.001): {status}.",
+            f"Chi-square of {report.unit}s assigned per variant against the configured weights: chi2 = "
+            f"{srm.chi2:.2f}, p = {srm.p_value:.3g} (flagged below 0.001): {status}.",
         ),
         ("variant", "configured weight", f"expected {report.unit}s", f"observed {report.unit}s", "difference"),
         rows,
@@ -271,7 +427,7 @@ def _offline_section(report: Report) -> Section:
             v.offline.algorithm or "-" if v.offline else "-",
             v.offline.version or "-" if v.offline else "-",
             *(_number(v.offline.metrics.get(k)) if v.offline else "-" for k in keys),
-            _share(v.ctr),
+            _metric_value(v.ctr),
         )
         for v in report.variants
     )
@@ -282,7 +438,7 @@ def _offline_section(report: Report) -> Section:
             "Offline metrics come from each model's holdout evaluation; online CTR from this phase's traffic. "
             "They can disagree: a model can win offline and lose online.",
         ),
-        ("variant", "algorithm", "version", *(OFFLINE_LABELS.get(k, k) for k in keys), "online CTR [95% CI]"),
+        ("variant", "algorithm", "version", *(OFFLINE_LABELS.get(k, k) for k in keys), "online CTR [CI]"),
         rows,
     )
 
@@ -295,32 +451,42 @@ def _exclusions_section(report: Report) -> Section:
     excluded = report.exclusions
     by_kind = ", ".join(f"{kind} {n:,}" for kind, n in excluded.exposures_by_assignment.items()) or "none"
     expectation = "expected: requests are randomised" if report.strategy == "random" else "should be 0"
+    fallbacks = sum(v.fallbacks for v in report.variants)
     lines = [
-        f"Excluded exposures (not assigned by the strategy): {excluded.exposures:,} ({by_kind}); their "
-        f"feedback events: {excluded.feedback_events:,}. They are in no number above.",
-        f"Users seen in more than one variant: {report.users_in_several_variants:,} ({expectation}).",
+        f"Excluded exposures (not randomised: QA overrides): {excluded.exposures:,} ({by_kind}); their feedback "
+        f"events: {excluded.feedback_events:,}. They are in no number above.",
+        f"Fallback exposures, counted for the variant assigned (intention to treat): {fallbacks:,}.",
+        f"Users assigned to more than one variant: {report.users_in_several_variants:,} ({expectation}).",
     ]
     lines.extend(f"Note: {note}" for note in report.notes)
     return Section("exclusions", "Exclusions and data quality", tuple(lines))
 
 
 def _method_section(report: Report) -> Section:
+    analysis = report.analysis
     return Section(
         "method",
         "Method",
         (
             f"Unit of analysis = unit of randomisation: {report.unit} ({UNIT_METHODS[report.unit]}).",
+            "Intention to treat: every randomised exposure counts for the variant it was assigned to. A fallback "
+            "(the assigned variant failed, another answered) is the assigned variant's exposure with the clicks "
+            "it got; an error is an exposure without clicks of its variant. Dropping them would let a variant "
+            "that fails for hard users look better by losing them. QA overrides were not randomised and are out.",
             "Never per shown item: clicks within one list, and one user's lists, are correlated, so an "
             "item-level test counts one user's habits many times and finds differences that are not there.",
-            "Only assignment = 'strategy' exposures are analysed; override and fallback exposures are counted "
-            "above. Errors stay in the CTR denominator as exposures without clicks, so a failing variant is "
-            "not flattered.",
+            "Every metric is a ratio of per-unit sums with a delta-method variance clustered by unit (CR2 "
+            "small-sample correction) and t quantiles with Kish effective degrees of freedom; no interval or "
+            f"verdict is given with fewer than {analysis.min_units} units with data per variant.",
+            f"Sequential analysis: the asymptotic confidence sequence of Waudby-Smith et al. (tightest at "
+            f"{analysis.tuning:g} units in both arms), valid at every look, so the live report may be refreshed "
+            "and the experiment stopped at any time. Fixed-horizon analysis: Welch's t, valid only at the planned "
+            "sample size; before it is reached the report gives no fixed-horizon result.",
+            f"Several treatments: {report.correction}.",
             "Sample-ratio mismatch: chi-square of units per variant against the configured weights; p < 0.001 "
             "withholds every verdict.",
-            f"Verdict: significant when the (Holm-adjusted) CTR p-value < {report.alpha:g}. Otherwise the "
-            f"sample size for {report.target_power:.0%} power targets the observed difference, at least 5% "
-            "of the control's CTR, with the unit-level spread measured here (with several treatments at "
-            "alpha divided by their number, a slightly conservative stand-in for Holm).",
+            "Guardrails: judged on the sequential analysis against a non-inferiority margin; p99 latency through "
+            "the share of requests slower than a threshold (the control's p99 unless configured).",
         ),
     )
 
@@ -501,7 +667,7 @@ def _inline(text: str) -> str:
 
 def _plots_section(report: Report) -> str:
     figures = (
-        ("plot-metrics", "CTR and conversion per variant with 95% confidence intervals", _metrics_figure(report)),
+        ("plot-metrics", "CTR and conversion per variant with their confidence intervals", _metrics_figure(report)),
         ("plot-timeline", "Cumulative CTR over the phase", _timeline_figure(report)),
         ("plot-latency", "Router latency per variant", _latency_figure(report)),
     )
@@ -542,7 +708,8 @@ def _metrics_figure(report: Report) -> Figure:
         (axes[1], "conversion per user (%)", "conversion"),
     ):
         for i, variant in enumerate(report.variants):
-            estimate: Estimate | None = variant.ctr if metric == "ctr" else variant.conversion
+            value = variant.ctr if metric == "ctr" else variant.conversion
+            estimate = value.interval
             if estimate is None:
                 continue
             below = max(estimate.value - estimate.low, 0.0) * 100
@@ -594,10 +761,25 @@ def _latency_figure(report: Report) -> Figure:
 # ---------------------------------------------------------------------------------------------- formatting
 
 
-def _share(estimate: Estimate | None) -> str:
-    if estimate is None:
+def _metric_value(value: MetricValue) -> str:
+    if value.interval is not None:
+        i = value.interval
+        if value.scale == "share":
+            return f"{i.value:.2%} [{i.low:.2%}, {i.high:.2%}]"
+        return f"{i.value:.4g} [{i.low:.4g}, {i.high:.4g}]"
+    if value.value is not None:
+        return _scaled(value.value, value.scale) + " [-]"
+    return "-"
+
+
+def _scaled(value: float | None, scale: Scale) -> str:
+    if value is None or not math.isfinite(value):
         return "-"
-    return f"{estimate.value:.2%} [{estimate.low:.2%}, {estimate.high:.2%}]"
+    return f"{value:.2%}" if scale == "share" else f"{value:.4g}"
+
+
+def _difference(estimate: Estimate, scale: Scale) -> str:
+    return format_pp(estimate) if scale == "share" else format_value(estimate)
 
 
 def _percent(value: float) -> str:

@@ -38,9 +38,12 @@ class UnitTotals:
     """Per (user, variant) totals of one phase's selected exposures, as parallel arrays (one entry per pair).
 
     `user` is a dense integer code per user id (stable within one snapshot only); `variant` indexes `variants`.
-    `clicked` counts exposures with at least one click (two clicks on one list count once). `events` and `values`
-    hold, per feedback event name, how many events were attributed to the pair's exposures and the sum of their
-    values (NULL values count as 0).
+    `clicked` counts exposures with at least one click (two clicks on one list count once). `errors` counts
+    exposures answered with an error status, `fallbacks` those with `assignment = 'fallback'` (served by the
+    fallback variant because the assigned one failed). `slow` counts exposures slower than the `slow_above_ms`
+    threshold the totals were asked with (None when none was given; a missing latency counts as slow). `events`
+    and `values` hold, per feedback event name, how many events were attributed to the pair's exposures and the
+    sum of their values (NULL values count as 0).
     """
 
     variants: tuple[str, ...]
@@ -49,8 +52,10 @@ class UnitTotals:
     exposures: NDArray[np.int64]
     clicked: NDArray[np.int64]
     errors: NDArray[np.int64]
+    fallbacks: NDArray[np.int64]
     events: Mapping[str, NDArray[np.int64]] = field(default_factory=dict)
     values: Mapping[str, NDArray[np.float64]] = field(default_factory=dict)
+    slow: NDArray[np.int64] | None = None
 
     def of(self, name: str) -> NDArray[np.bool_]:
         """A mask selecting the pairs of variant `name` (all False if it has none)."""
@@ -107,8 +112,14 @@ class PhaseSnapshot(Protocol):
     def time_range(self, phase: int) -> tuple[float, float] | None:
         """(first, last) exposure time of the phase, None if it has no exposures."""
 
-    def unit_totals(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> UnitTotals:
-        """Per (user, variant) totals of the phase's exposures whose `assignment` is in `assignments`."""
+    def unit_totals(
+        self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
+    ) -> UnitTotals:
+        """Per (user, variant) totals of the phase's exposures whose `assignment` is in `assignments`.
+
+        With `slow_above_ms`, `slow` counts each pair's exposures slower than it (the latency guardrail's
+        per-unit numerator), counted by the database like everything else.
+        """
 
     def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
         """How many exposures of the phase each assignment ('strategy', 'override', 'fallback') has."""

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 _EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
 _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
+#: 1 if the exposure `e` got at least one click of its phase: an index lookup per exposure (feedback_request),
+#: where joining a DISTINCT subquery made SQLite scan it once per exposure.
+_CLICKED = (
+    "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
+)
 _LATEST_FOR_USER = (
     f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
 )
@@ -304,20 +309,23 @@ class SQLiteSnapshot:
         row = self._conn.execute("SELECT MIN(ts), MAX(ts) FROM exposures WHERE phase = ?", (phase,)).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
-    def unit_totals(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> UnitTotals:
+    def unit_totals(
+        self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
+    ) -> UnitTotals:
         column, marks = _group_column(by), _marks(assignments)
+        # A latency that is not <= the threshold (greater, or NULL) is slow, as in router.report.guardrails.
+        slow = "0" if slow_above_ms is None else "SUM(CASE WHEN e.latency_ms <= ? THEN 0 ELSE 1 END)"
+        threshold = () if slow_above_ms is None else (float(slow_above_ms),)
         rows = self._conn.execute(
             f"""
             SELECT e.user_id, e.{column}, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
-                   SUM(c.request_id IS NOT NULL)
+                   SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
             FROM exposures AS e
-            LEFT JOIN (SELECT DISTINCT request_id FROM feedback WHERE phase = ? AND event = 'click') AS c
-                   ON c.request_id = e.request_id
             WHERE e.phase = ? AND e.assignment IN ({marks})
             GROUP BY e.user_id, e.{column}
             ORDER BY e.{column}, e.user_id
             """,
-            (phase, phase, *assignments),
+            (*threshold, phase, *assignments),
         ).fetchall()
         variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
         user_codes: dict[str, int] = {}
@@ -348,8 +356,10 @@ class SQLiteSnapshot:
             exposures=np.fromiter((row[2] for row in rows), np.int64, count),
             errors=np.fromiter((row[3] for row in rows), np.int64, count),
             clicked=np.fromiter((row[4] for row in rows), np.int64, count),
+            fallbacks=np.fromiter((row[5] for row in rows), np.int64, count),
             events=events,
             values=values,
+            slow=None if slow_above_ms is None else np.fromiter((row[6] for row in rows), np.int64, count),
         )
 
     def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
@@ -433,15 +443,12 @@ class SQLiteSnapshot:
         column, marks = _group_column(by), _marks(assignments)
         rows = self._conn.execute(
             f"""
-            SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*),
-                   SUM(c.request_id IS NOT NULL)
+            SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*), SUM({_CLICKED})
             FROM exposures AS e
-            LEFT JOIN (SELECT DISTINCT request_id FROM feedback WHERE phase = ? AND event = 'click') AS c
-                   ON c.request_id = e.request_id
             WHERE e.phase = ? AND e.assignment IN ({marks})
             GROUP BY e.{column}, bucket
             """,
-            (first, width, buckets - 1, phase, phase, *assignments),
+            (first, width, buckets - 1, phase, *assignments),
         )
         exposures: dict[str, NDArray[np.int64]] = {}
         clicked: dict[str, NDArray[np.int64]] = {}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from router.interleaving import check_team_count, team_draft
 from router.strategies.base import Assignment, FanOut, Merge, Outcome, Strategy, Unit
-from router.strategies.hashing import POINTS, Bucket, bucket_index, bucket_ranges, choose, fnv1a32, unit_point
+from router.strategies.hashing import POINTS, Bucket, bucket_index, bucket_ranges, choose, fnv1a32, relabel, unit_point
 from router.strategies.interleave import INTERLEAVED, InterleaveStrategy
 from router.strategies.split import HashStrategy, RandomStrategy
 
@@ -51,6 +51,7 @@ __all__ = [
     "choose",
     "fan_out_of",
     "fnv1a32",
+    "relabel",
     "unit_of",
     "unit_point",
 ]
@@ -58,11 +59,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SplitInputs:
-    """What building a strategy may use: the variants' normalised weights in config order, the salt, a generator."""
+    """What building a strategy may use: the variants' normalised weights in config order, the salt, a generator.
+
+    `moved` maps a variant stopped by a guardrail to the variant that serves its units instead (the control);
+    a strategy must honour it without moving any other unit (see `relabel`).
+    """
 
     weights: Sequence[tuple[str, float]]
     salt: str
     rng: random.Random | None = field(default=None, compare=False)
+    moved: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,11 @@ class StrategySpec:
 
 
 def _hash(inputs: SplitInputs) -> Strategy:
-    return HashStrategy(bucket_ranges(inputs.weights), salt=inputs.salt)
+    return HashStrategy(relabel(bucket_ranges(inputs.weights), inputs.moved), salt=inputs.salt)
 
 
 def _random(inputs: SplitInputs) -> Strategy:
-    return RandomStrategy(bucket_ranges(inputs.weights), rng=inputs.rng or random.Random())
+    return RandomStrategy(relabel(bucket_ranges(inputs.weights), inputs.moved), rng=inputs.rng or random.Random())
 
 
 def _interleave(inputs: SplitInputs) -> Strategy:

@@ -14,7 +14,7 @@ No I/O and no state, so every router replica agrees without talking.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 FNV_OFFSET = 0x811C9DC5
@@ -73,6 +73,18 @@ def bucket_ranges(weights: Sequence[tuple[str, float]]) -> tuple[Bucket, ...]:
         cumulative += weight
         buckets.append(Bucket(name, start, cumulative / total))  # the last is total / total == 1.0
     return tuple(buckets)
+
+
+def relabel(buckets: Sequence[Bucket], moved: Mapping[str, str]) -> tuple[Bucket, ...]:
+    """The same ranges, each owned by `moved[variant]` where the variant was moved (a guardrail stop).
+
+    Only the moved variant's units change variant: every other range stays where it was, so stopping one of
+    three variants moves nobody from the other two (re-weighting the config would shift their ranges).
+
+    >>> [(b.variant, b.start) for b in relabel(bucket_ranges((("a", 1), ("b", 1), ("c", 1))), {"b": "a"})]
+    [('a', 0.0), ('a', 0.3333333333333333), ('c', 0.6666666666666666)]
+    """
+    return tuple(Bucket(moved.get(b.variant, b.variant), b.start, b.end) for b in buckets)
 
 
 def choose(point: float, buckets: Sequence[Bucket]) -> str:

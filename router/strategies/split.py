@@ -82,8 +82,12 @@ class RandomStrategy:
 
 
 def _assignments(buckets: tuple[Bucket, ...]) -> tuple[Assignment, ...]:
-    """One prebuilt Assignment per bucket (the hot path allocates nothing): a continuous draw's probabilities."""
-    return tuple(Assignment(b.variant, b.end - b.start) for b in buckets)
+    """One prebuilt Assignment per bucket (the hot path allocates nothing): a continuous draw's probabilities.
+
+    A variant that owns several ranges (a stopped variant's range relabelled to the control) is chosen with
+    the probability of all of them.
+    """
+    return _per_variant(buckets, [b.end - b.start for b in buckets])
 
 
 def _grid_assignments(buckets: tuple[Bucket, ...]) -> tuple[Assignment, ...]:
@@ -92,7 +96,15 @@ def _grid_assignments(buckets: tuple[Bucket, ...]) -> tuple[Assignment, ...]:
     def first_point_at_or_above(edge: float) -> int:
         return math.ceil(round(edge * POINTS, 6))
 
-    return tuple(
-        Assignment(b.variant, (first_point_at_or_above(b.end) - first_point_at_or_above(b.start)) / POINTS)
-        for b in buckets
-    )
+    points = [first_point_at_or_above(b.end) - first_point_at_or_above(b.start) for b in buckets]
+    totals: dict[str, int] = {}
+    for bucket, count in zip(buckets, points, strict=True):
+        totals[bucket.variant] = totals.get(bucket.variant, 0) + count
+    return tuple(Assignment(b.variant, totals[b.variant] / POINTS) for b in buckets)
+
+
+def _per_variant(buckets: tuple[Bucket, ...], widths: list[float]) -> tuple[Assignment, ...]:
+    totals: dict[str, float] = {}
+    for bucket, width in zip(buckets, widths, strict=True):
+        totals[bucket.variant] = totals.get(bucket.variant, 0.0) + width
+    return tuple(Assignment(b.variant, totals[b.variant]) for b in buckets)

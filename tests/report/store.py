@@ -68,10 +68,14 @@ class HandStore:
         *,
         experiment: str = "rec-ab",
         started_at: float | None = None,
+        plan: Mapping[str, Any] | None = None,
     ) -> None:
-        """A phase whose config_json has the router's shape (``router.config.phase_design``)."""
+        """A phase whose config_json has the router's shape (``router.config.phase_design``).
+
+        `plan` adds recorded sections (``analysis``, ``metrics``, ``guardrails``, ``stopped``) as the router writes.
+        """
         total = sum(weights.values())
-        design = {
+        design: dict[str, Any] = {
             "experiment": experiment,
             "strategy": strategy,
             "salt": f"{experiment}-{phase}",
@@ -79,6 +83,7 @@ class HandStore:
                 {"name": name, "url": f"http://{name}:8000", "weight": weight, "share": weight / total}
                 for name, weight in weights.items()
             ],
+            **(plan or {}),
         }
         self.connection.execute(
             "INSERT INTO phases (phase, experiment, started_at, config_key, config_json) VALUES (?,?,?,?,?)",
@@ -125,7 +130,13 @@ class HandStore:
         self.exposures[request_id] = row
 
     def add_feedback(
-        self, request_id: str, *, event: str = "click", item_id: int = 3, attributed_by: str = "request_id"
+        self,
+        request_id: str,
+        *,
+        event: str = "click",
+        item_id: int = 3,
+        attributed_by: str = "request_id",
+        value: float | None = None,
     ) -> None:
         """Feedback attributed to an exposure added before, copying its phase, user, variant and assignment."""
         exposure = self.exposures[request_id]
@@ -144,7 +155,7 @@ class HandStore:
                 item_id,
                 item_id if item_id < 10 else None,
                 event,
-                None,
+                value,
                 attributed_by,
             ),
         )

@@ -66,7 +66,10 @@ def test_report_html_renders_in_chromium_without_errors(tmp_path: Path, case: st
                 assert "verdict withheld" in page.locator("#verdict").inner_text()
             else:
                 assert alert.count() == 0
-            for section in ("#traffic", "#outcomes", "#comparisons", "#srm", "#offline", "#exclusions", "#method"):
+            verdict = page.locator("#verdict").inner_text()
+            assert "analysis: sequential" in verdict and "planned size:" in verdict and "guardrails:" in verdict
+            sections = ("#traffic", "#outcomes", "#comparisons", "#plan", "#guardrails", "#srm", "#offline")
+            for section in (*sections, "#exclusions", "#method"):
                 assert page.locator(section).is_visible(), section
             for plot in ("#plot-metrics", "#plot-timeline", "#plot-latency"):
                 svg = page.locator(f"{plot} svg")

@@ -1,16 +1,24 @@
-"""build_report over hand-made outcome stores: every count equals what SQL counts, phases never mix."""
+"""build_report over hand-made outcome stores: every count equals what SQL counts, phases never mix.
+
+Counts are by intention to treat: every randomised exposure ('strategy' or 'fallback') for the variant it was
+assigned to; QA overrides are out.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from router.errors import StoreError
 from router.report import NoDataError, Report, StoreFormatError
+from router.report.comparison import Analysis, Comparison, compare_moments
 from router.report.document import VariantSummary
+from router.report.planning import SamplePlan, plan_units
+from router.report.ratio import ArmEstimate, RatioData, binary_moments, estimate
 from router.store import SQLiteBackend
 from tests.report.store import HandStore, report_of
 
@@ -91,25 +99,26 @@ def variant(report: Report, name: str) -> VariantSummary:
     return next(v for v in report.variants if v.name == name)
 
 
-STRATEGY_ROWS = "FROM exposures WHERE phase = ? AND variant = ? AND assignment = 'strategy'"
+ANALYSED_ROWS = "FROM exposures WHERE phase = ? AND assigned_variant = ? AND assignment IN ('strategy', 'fallback')"
 CLICKED_ROWS = (
     "FROM exposures AS e JOIN feedback AS f ON f.request_id = e.request_id AND f.event = 'click' "
-    "WHERE e.phase = ? AND e.variant = ? AND e.assignment = 'strategy'"
+    "WHERE e.phase = ? AND e.assigned_variant = ? AND e.assignment IN ('strategy', 'fallback')"
 )
 
 
 @pytest.mark.parametrize("phase", [1, 2])
-def test_build_report_counts_equal_sql_counts(store_path: Path, phase: int) -> None:
+def test_build_report_counts_equal_sql_counts_by_assigned_variant(store_path: Path, phase: int) -> None:
     report = report_of(store_path, phase)
 
     assert report.phase == phase
     for summary in report.variants:
         args = (phase, summary.name)
-        assert summary.exposures == sql_count(store_path, f"SELECT COUNT(*) {STRATEGY_ROWS}", *args)
-        assert summary.users == sql_count(store_path, f"SELECT COUNT(DISTINCT user_id) {STRATEGY_ROWS}", *args)
+        assert summary.exposures == sql_count(store_path, f"SELECT COUNT(*) {ANALYSED_ROWS}", *args)
+        assert summary.users == sql_count(store_path, f"SELECT COUNT(DISTINCT user_id) {ANALYSED_ROWS}", *args)
         assert summary.errors == sql_count(
-            store_path, f"SELECT SUM(error IS NOT NULL OR status >= 400) {STRATEGY_ROWS}", *args
+            store_path, f"SELECT SUM(error IS NOT NULL OR status >= 400) {ANALYSED_ROWS}", *args
         )
+        assert summary.fallbacks == sql_count(store_path, f"SELECT SUM(assignment = 'fallback') {ANALYSED_ROWS}", *args)
         assert summary.clicked_exposures == sql_count(
             store_path, f"SELECT COUNT(DISTINCT e.request_id) {CLICKED_ROWS}", *args
         )
@@ -118,11 +127,12 @@ def test_build_report_counts_equal_sql_counts(store_path: Path, phase: int) -> N
         )
         assert summary.feedback_events == sql_count(
             store_path,
-            "SELECT COUNT(*) FROM feedback WHERE phase = ? AND variant = ? AND assignment = 'strategy'",
+            "SELECT COUNT(*) FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id "
+            "WHERE e.phase = ? AND e.assigned_variant = ? AND e.assignment IN ('strategy', 'fallback')",
             *args,
         )
         with sqlite3.connect(store_path) as connection:
-            latencies = [row[0] for row in connection.execute(f"SELECT latency_ms {STRATEGY_ROWS}", args)]
+            latencies = [row[0] for row in connection.execute(f"SELECT latency_ms {ANALYSED_ROWS}", args)]
         assert summary.latency_ms is not None
         expected = np.percentile(latencies, [50, 95, 99])
         assert (summary.latency_ms.p50, summary.latency_ms.p95, summary.latency_ms.p99) == pytest.approx(expected)
@@ -130,34 +140,37 @@ def test_build_report_counts_equal_sql_counts(store_path: Path, phase: int) -> N
 
     excluded = report.exclusions
     assert excluded.exposures == sql_count(
-        store_path, "SELECT COUNT(*) FROM exposures WHERE phase = ? AND assignment != 'strategy'", phase
+        store_path, "SELECT COUNT(*) FROM exposures WHERE phase = ? AND assignment = 'override'", phase
     )
     assert excluded.feedback_events == sql_count(
-        store_path, "SELECT COUNT(*) FROM feedback WHERE phase = ? AND assignment != 'strategy'", phase
+        store_path, "SELECT COUNT(*) FROM feedback WHERE phase = ? AND assignment = 'override'", phase
     )
     assert report.users_in_several_variants == sql_count(
         store_path,
-        "SELECT COUNT(*) FROM (SELECT user_id FROM exposures WHERE phase = ? AND assignment = 'strategy' "
-        "GROUP BY user_id HAVING COUNT(DISTINCT variant) > 1)",
+        "SELECT COUNT(*) FROM (SELECT user_id FROM exposures WHERE phase = ? AND assignment != 'override' "
+        "GROUP BY user_id HAVING COUNT(DISTINCT assigned_variant) > 1)",
         phase,
     )
     assert report.srm is not None
     assert report.srm.observed == tuple(v.units for v in report.variants)
 
 
-def test_build_report_phase_one_has_the_hand_counted_values(store_path: Path) -> None:
+def test_build_report_counts_a_fallback_for_the_variant_assigned_with_its_click(store_path: Path) -> None:
     report = report_of(store_path, phase=1)
     model_a, model_b = variant(report, "model_a"), variant(report, "model_b")
 
     assert (report.strategy, report.unit, report.control) == ("hash", "user", "model_a")
     assert (model_a.exposures, model_a.users, model_a.errors, model_a.clicked_exposures) == (5, 3, 1, 2)
-    assert (model_b.exposures, model_b.users, model_b.errors, model_b.clicked_exposures) == (5, 4, 1, 3)
+    # r11 was assigned to model_b, failed, and was served by model_a: model_b's exposure, with its click.
+    assert (model_b.exposures, model_b.users, model_b.errors, model_b.fallbacks) == (6, 5, 1, 1)
+    assert model_b.clicked_exposures == 4
+    assert model_b.error_rate.value == pytest.approx(2 / 6)  # the error and the fallback are its failures
     assert model_a.feedback_by_event == {"click": 3, "watch": 1}
-    assert model_b.feedback_by_event == {"click": 3, "rating": 1}
-    assert (model_a.converted_users, model_b.converted_users) == (2, 3)
+    assert model_b.feedback_by_event == {"click": 4, "rating": 1, "watch": 1}
+    assert (model_a.converted_users, model_b.converted_users) == (2, 4)
     assert model_a.requests_per_user == pytest.approx(5 / 3)
-    assert report.exclusions.exposures_by_assignment == {"fallback": 1, "override": 2}
-    assert report.exclusions.feedback_events == 3
+    assert report.exclusions.exposures_by_assignment == {"override": 2}
+    assert report.exclusions.feedback_events == 1
     assert report.users_in_several_variants == 1  # u5; u1's override exposure does not count
     assert any("more than one variant" in note for note in report.notes)
     assert model_a.offline is not None and model_a.offline.algorithm == "PureSVD"
@@ -179,41 +192,103 @@ def test_build_report_defaults_to_the_latest_phase_and_never_mixes_phases(store_
     assert variant(latest, "model_a").offline is None  # phase 1's /info is not phase 2's
 
 
-def test_build_report_corrects_several_treatments_with_holm(store_path: Path) -> None:
+def test_build_report_adjusts_several_treatments_with_bonferroni_in_p_and_interval(store_path: Path) -> None:
     report = report_of(store_path, phase=2)
 
     assert [c.treatment for c in report.comparisons] == ["model_b", "model_c"]
-    assert "Holm" in report.correction
+    assert "Bonferroni over 2 treatments" in report.correction
+    counts = {
+        name: (
+            sql_count(store_path, f"SELECT COUNT(DISTINCT e.request_id) {CLICKED_ROWS}", 2, name),
+            sql_count(store_path, f"SELECT COUNT(*) {ANALYSED_ROWS}", 2, name),
+        )
+        for name in RANDOM_WEIGHTS
+    }
     for comparison in report.comparisons:
-        assert comparison.conversion is None  # users are not the unit under random
-        assert comparison.ctr.p_value is not None and comparison.p_adjusted is not None
-        assert comparison.p_adjusted >= comparison.ctr.p_value
-        assert "p (Holm)" in comparison.verdict
+        assert comparison.ctr.compared_per == "request"  # random: the request is the unit compared
+        expected = compare_moments(
+            binary_moments(*counts["model_a"]), binary_moments(*counts[comparison.treatment]), Analysis(), 2
+        )
+        assert isinstance(expected, Comparison) and comparison.ctr.p_value == pytest.approx(expected.p_value)
+        assert expected.p_value == pytest.approx(
+            min(1.0, 2 * _single(counts["model_a"], counts[comparison.treatment]).p_value)
+        )
+        assert "always-valid p (Bonferroni)" in comparison.verdict
+        assert comparison.ctr.difference is not None
+        excludes_zero = comparison.ctr.difference.low > 0 or comparison.ctr.difference.high < 0
+        assert comparison.ctr.significant == excludes_zero
 
 
-def generated_store(path: Path, users: dict[str, int], ctr: dict[str, float], weights: dict[str, float]) -> None:
-    """A hash phase with `users[v]` users per variant, each making 1-5 requests, clicking with `ctr[v]`."""
+def _single(control: tuple[int, int], treatment: tuple[int, int]) -> Comparison:
+    result = compare_moments(binary_moments(*control), binary_moments(*treatment), Analysis(), 1)
+    assert isinstance(result, Comparison)
+    return result
+
+
+def test_build_report_per_variant_ctr_interval_is_clustered_by_user_under_random(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    generated_store(
+        path, {"model_a": 300, "model_b": 300}, {"model_a": 0.1, "model_b": 0.1}, HASH_WEIGHTS, strategy="random"
+    )
+    report = report_of(path)
+
+    for name in HASH_WEIGHTS:
+        expected = estimate(per_user_ctr(path, name))
+        shown = variant(report, name).ctr
+        assert isinstance(expected, ArmEstimate) and shown.interval is not None
+        assert (shown.interval.low, shown.interval.high) == pytest.approx((expected.low, expected.high))
+        assert expected.units == variant(report, name).users < variant(report, name).exposures
+
+
+def generated_store(
+    path: Path,
+    users: dict[str, int],
+    ctr: dict[str, float],
+    weights: dict[str, float],
+    plan: dict[str, Any] | None = None,
+    *,
+    errors: dict[str, float] | None = None,
+    strategy: str = "hash",
+) -> None:
+    """A phase with `users[v]` users per variant, each making 1-5 requests, clicking with `ctr[v]`.
+
+    `errors[v]`: the share of the variant's requests answered with an error (unclicked). Under `random` the
+    users are shared: each request goes to a variant drawn with `weights`.
+    """
     rng = np.random.default_rng(31)
+    names, shares = list(weights), np.array(list(weights.values())) / sum(weights.values())
     with HandStore.create(path) as store, store.transaction():
-        store.add_phase(1, "hash", weights)
+        store.add_phase(1, strategy, weights, plan=plan)
         for name, count in users.items():
             for u in range(count):
                 for r in range(int(rng.integers(1, 6))):
                     request_id = f"{name}-{u}-{r}"
-                    store.add_exposure(request_id, phase=1, user_id=f"{name}-{u}", variant=name)
-                    if rng.random() < ctr[name]:
+                    served = names[rng.choice(len(names), p=shares)] if strategy == "random" else name
+                    failed = rng.random() < (errors or {}).get(served, 0.0)
+                    store.add_exposure(
+                        request_id,
+                        phase=1,
+                        user_id=f"u{u}" if strategy == "random" else f"{name}-{u}",
+                        variant=served,
+                        strategy=strategy,
+                        status=503 if failed else 200,
+                        error="unavailable" if failed else None,
+                    )
+                    if not failed and rng.random() < ctr[served]:
                         store.add_feedback(request_id)
 
 
-def test_build_report_declares_a_clear_winner(tmp_path: Path) -> None:
+def test_build_report_declares_a_clear_winner_sequentially(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.sqlite3"
     generated_store(path, {"model_a": 600, "model_b": 600}, {"model_a": 0.10, "model_b": 0.20}, HASH_WEIGHTS)
 
     comparison = report_of(path).comparisons[0]
 
-    assert comparison.significant
+    assert comparison.analysis == "sequential" and comparison.significant
     assert comparison.verdict.startswith("model_b beats model_a on CTR by +")
-    assert comparison.ctr.absolute is not None and comparison.ctr.absolute.low > 0
+    assert "always-valid p < 0.001 (sequential: valid whenever it is read)" in comparison.verdict
+    assert comparison.ctr.difference is not None and comparison.ctr.difference.low > 0
+    assert comparison.plans == () and comparison.ctr_other is None  # no planned size: no fixed-horizon analysis
 
 
 def test_build_report_withholds_the_verdict_on_sample_ratio_mismatch(tmp_path: Path) -> None:
@@ -226,18 +301,108 @@ def test_build_report_withholds_the_verdict_on_sample_ratio_mismatch(tmp_path: P
     assert report.srm.observed == (900, 1100)
     assert report.notes[0].startswith("SAMPLE-RATIO MISMATCH")
     assert report.comparisons[0].verdict.startswith("verdict withheld: sample-ratio mismatch")
+    assert not report.comparisons[0].significant
 
 
-def test_build_report_asks_for_more_users_when_not_significant(tmp_path: Path) -> None:
+def test_build_report_without_significance_says_it_may_be_read_at_any_time(tmp_path: Path) -> None:
     path = tmp_path / "outcomes.sqlite3"
     generated_store(path, {"model_a": 150, "model_b": 150}, {"model_a": 0.10, "model_b": 0.11}, HASH_WEIGHTS)
 
     comparison = report_of(path).comparisons[0]
 
     assert not comparison.significant
-    assert comparison.more_units_needed is not None and comparison.more_units_needed > 0
-    assert comparison.verdict.startswith("no significant difference yet between model_b and model_a")
-    assert f"about {comparison.more_units_needed:,} more users per variant needed for 80% power" in (comparison.verdict)
+    assert comparison.verdict.startswith("no significant difference so far between model_b and model_a")
+    assert "the sequential analysis may be read at any time; no planned size configured" in comparison.verdict
+    assert "more users" not in comparison.verdict  # no post-hoc power from the observed difference
+
+
+def per_user_ctr(path: Path, name: str) -> RatioData:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(
+            "SELECT e.user_id, COUNT(*), COUNT(c.request_id) FROM exposures AS e LEFT JOIN "
+            "(SELECT DISTINCT request_id FROM feedback WHERE event = 'click') AS c ON c.request_id = e.request_id "
+            "WHERE e.assigned_variant = ? GROUP BY e.user_id",
+            (name,),
+        ).fetchall()
+    return RatioData.of([r[2] for r in rows], [r[1] for r in rows])
+
+
+@pytest.mark.parametrize("users", [150, 900])
+def test_build_report_gives_a_fixed_horizon_verdict_only_at_the_planned_size(tmp_path: Path, users: int) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    plan = {"analysis": {"sequential": False, "minimum_detectable_effect": 0.5, "relative": True, "power": 0.8}}
+    generated_store(path, {"model_a": users, "model_b": users}, {"model_a": 0.10, "model_b": 0.20}, HASH_WEIGHTS, plan)
+
+    comparison = report_of(path).comparisons[0]
+
+    control = estimate(per_user_ctr(path, "model_a"))
+    assert isinstance(control, ArmEstimate)
+    planned = plan_units(0.5, unit_variance=control.unit_variance, baseline=control.value, relative=True)
+    assert isinstance(planned, SamplePlan)
+    fixed = comparison.plans[0]
+    assert (comparison.analysis, fixed.analysis) == ("fixed", "fixed")
+    assert (fixed.control_units, fixed.treatment_units) == (planned.control_units, planned.treatment_units)
+    assert fixed.reached == (users >= planned.control_units)
+    assert comparison.plans[1].analysis == "sequential"  # the sequential plan is shown beside it
+    assert (comparison.plans[1].control_units or 0) > planned.control_units
+    assert comparison.ctr_other is not None and comparison.ctr_other.analysis == "sequential"
+    if fixed.reached:
+        assert comparison.ctr.difference is not None and comparison.ctr.p_value is not None
+        assert comparison.verdict.startswith("model_b beats model_a on CTR by +")
+        assert "fixed horizon, at the planned size of" in comparison.verdict
+    else:
+        assert comparison.ctr.difference is None and comparison.ctr.p_value is None  # not readable yet
+        assert comparison.verdict.startswith("no verdict yet for model_b vs model_a: the fixed-horizon test is valid")
+        assert f"{fixed.fraction:.0%} reached" in comparison.verdict
+
+
+def test_build_report_judges_guardrails_and_names_a_harmful_one(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    plan = {
+        "analysis": {"tuning": 1000},
+        "guardrails": [
+            {"metric": "error_rate", "tolerance": {"margin": 0.02}, "action": "stop"},
+            {"metric": "latency_p99", "tolerance": {"margin": 1.0, "relative": True}},
+        ],
+    }
+    users = {"model_a": 400, "model_b": 400}
+    generated_store(path, users, {"model_a": 0.1, "model_b": 0.1}, HASH_WEIGHTS, plan, errors={"model_b": 0.3})
+
+    comparison = report_of(path).comparisons[0]
+
+    errors, latency = comparison.guardrails
+    assert (errors.metric, errors.state, errors.action) == ("error_rate", "harmful", "stop")
+    assert errors.worse_by is not None and errors.worse_by.low > 0.02
+    assert latency.metric == "latency_p99" and latency.threshold_ms == pytest.approx(5.0)  # the control's p99
+    assert "guardrail harmful: error_rate (stop)" in comparison.verdict
+
+
+def test_build_report_shows_a_stop_in_the_phase_it_caused_and_the_phase_it_started(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    stop = {
+        "variant": "model_b",
+        "guardrail": "error_rate",
+        "at": 1_700_000_100.0,
+        "phase": 1,
+        "moved_to": "model_a",
+        "detail": "worse by +30.1 pp [24.0, 36.2] (tolerance 2 pp)",
+    }
+    with HandStore.create(path) as store:
+        store.add_phase(1, "hash", HASH_WEIGHTS)
+        store.add_phase(2, "hash", {"model_a": 1.0, "model_b": 0.0}, plan={"stopped": [stop]})
+        for phase in (1, 2):
+            for i in range(30):
+                store.add_exposure(f"p{phase}-{i}", phase=phase, user_id=f"u{i}", variant="model_a")
+
+    first, second = report_of(path, phase=1), report_of(path, phase=2)
+
+    for report in (first, second):
+        assert [s.variant for s in report.stops] == ["model_b"]
+        assert report.comparisons[0].stopped is not None
+        assert "model_b was stopped by guardrail error_rate at 2023-11-14 22:15:00 UTC" in report.comparisons[0].verdict
+    assert "its users are served by model_a until an admin resumes it" in second.comparisons[0].verdict
+    assert variant(second, "model_b").weight == 0.0
+    assert not second.comparisons[0].significant
 
 
 def test_build_report_raises_no_data_for_a_missing_store(tmp_path: Path) -> None:

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from router.report.ratio import ArmEstimate, RatioData, Unavailable, estimate, moments, per_unit, point
+from router.report.ratio import (
+    ArmEstimate,
+    RatioData,
+    Unavailable,
+    binary_moments,
+    estimate,
+    moments,
+    per_unit,
+    point,
+)
 from tests.report.population import Population
 
 
@@ -124,3 +133,20 @@ def test_collapsing_request_rows_by_user_gives_the_clustered_interval() -> None:
     assert collapsed.units == 20
     assert float(by_user.value) == pytest.approx(clicked.mean())
     assert float(by_user.df) == pytest.approx(50**2 / np.sum(collapsed.denominator**2) - 1)
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(3, 10), (0, 25), (25, 25), (417, 5000), (1, 2)])
+def test_binary_moments_equal_the_moments_of_the_expanded_requests(successes: int, trials: int) -> None:
+    expanded = moments(np.r_[np.ones(successes), np.zeros(trials - successes)], np.ones(trials))
+    summary = binary_moments(successes, trials)
+
+    for field in ("value", "variance", "df"):
+        np.testing.assert_allclose(getattr(summary, field), getattr(expanded, field), rtol=1e-12)
+    assert (int(summary.units), int(summary.active)) == (int(expanded.units), int(expanded.active))
+
+
+def test_binary_moments_mark_what_is_undefined() -> None:
+    summary = binary_moments([0, 1, 5, 3], [0, 1, 4, -1])  # no trials, one trial, more successes than trials
+
+    assert np.isnan(summary.value[[0, 2, 3]]).all() and summary.value[1] == 1.0
+    assert np.isnan(summary.variance).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,9 @@ from router.report import (
     render_markdown,
     report_to_json,
 )
-from router.report.build import format_pp, verdict_for
-from router.report.document import TreatmentResult
-from router.report.stats import Difference, Estimate
+from router.report.document import MetricComparison, PlanProgress, Stop
+from router.report.stats import Estimate
+from router.report.verdict import format_pp, verdict_for
 from tests.report.store import HandStore, report_of, write_reports_in
 from tests.report.test_build import HASH_WEIGHTS, fill_two_phases, generated_store
 
@@ -28,43 +29,94 @@ def results_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def result(difference: Difference, p_adjusted: float, *, significant: bool, more: int | None) -> TreatmentResult:
-    return TreatmentResult(
-        treatment="model_b",
-        control="model_a",
-        ctr=difference,
-        p_adjusted=p_adjusted,
+def ctr(
+    difference: Estimate | None, p_value: float | None, *, analysis: str = "sequential", reason: str | None = None
+) -> MetricComparison:
+    significant = difference is not None and (difference.low > 0 or difference.high < 0)
+    return MetricComparison(
+        metric="ctr",
+        label="CTR per exposure",
+        scale="share",
+        analysis="fixed" if analysis == "fixed" else "sequential",
+        control=0.10,
+        treatment=None if difference is None else 0.10 + difference.value,
+        difference=difference,
+        relative=None if difference is None else Estimate(0.21, 0.07, 0.36),
+        p_value=p_value,
         significant=significant,
-        conversion=None,
-        detectable_effect=0.004,
-        more_units_needed=more,
-        verdict="",
+        compared_per="user",
+        method="test",
+        reason=reason,
     )
 
 
-def test_verdict_names_winner_difference_interval_and_p_value() -> None:
-    difference = Difference(
-        0.10, 0.121, Estimate(0.021, 0.008, 0.034), Estimate(0.21, 0.07, 0.36), 0.002, "delta method"
+def plan(fraction: float, analysis: str = "sequential") -> PlanProgress:
+    return PlanProgress(
+        "fixed" if analysis == "fixed" else "sequential", 2748, 2748, 0.005, 0.8, fraction, fraction >= 1, None
     )
 
-    verdict = verdict_for(
-        result(difference, 0.002, significant=True, more=None), "user", several_treatments=False, srm=None
+
+def verdict(primary: MetricComparison, **options: Any) -> str:
+    settings: dict[str, Any] = {
+        "treatment": "model_b",
+        "control": "model_a",
+        "unit": "user",
+        "plans": (),
+        "several_treatments": False,
+        "srm": None,
+        "stop": None,
+        "stop_in_effect": False,
+    }
+    settings.update(options)
+    return verdict_for(primary, **settings)
+
+
+def test_sequential_verdict_names_winner_interval_and_always_valid_p() -> None:
+    line = verdict(ctr(Estimate(0.021, 0.008, 0.034), 0.002))
+
+    assert line == (
+        "model_b beats model_a on CTR by +2.1 pp [0.8, 3.4] (+21% relative), always-valid p = 0.002 "
+        "(sequential: valid whenever it is read)"
     )
 
-    assert verdict == "model_b beats model_a on CTR by +2.1 pp [0.8, 3.4] (+21% relative), p = 0.002"
 
+def test_sequential_verdict_without_significance_gives_progress_not_post_hoc_power() -> None:
+    line = verdict(ctr(Estimate(0.004, -0.005, 0.013), 0.41), plans=(plan(0.4),), several_treatments=True)
 
-def test_verdict_without_significance_says_how_many_more_units_are_needed() -> None:
-    difference = Difference(0.10, 0.104, Estimate(0.004, -0.005, 0.013), None, 0.41, "two-proportion")
-
-    verdict = verdict_for(
-        result(difference, 0.41, significant=False, more=3200), "request", several_treatments=True, srm=None
+    assert line == (
+        "no significant difference so far between model_b and model_a on CTR (+0.4 pp [-0.5, 1.3], "
+        "always-valid p (Bonferroni) = 0.410); the sequential analysis may be read at any time; 40% of the "
+        "planned maximum (2,748 per variant) reached"
+    )
+    reached = verdict(ctr(Estimate(0.004, -0.005, 0.013), 0.41), plans=(plan(1.2),))
+    assert reached.endswith(
+        "the planned maximum of 2,748 per variant is reached: a true difference is probably smaller than 0.5 pp"
     )
 
-    assert verdict == (
-        "no significant difference yet between model_b and model_a on CTR (+0.4 pp [-0.5, 1.3], "
-        "p (Holm) = 0.410); about 3,200 more requests per variant needed for 80% power to detect a 0.4 pp "
-        "difference"
+
+def test_fixed_horizon_verdict_says_nothing_before_the_planned_size() -> None:
+    gated = ctr(None, None, analysis="fixed", reason="not reached")
+
+    line = verdict(gated, plans=(plan(0.86, "fixed"),))
+
+    assert line == (
+        "no verdict yet for model_b vs model_a: the fixed-horizon test is valid only at the planned size of "
+        "2,748 per variant, 86% reached; reading it earlier and stopping at a significant result inflates "
+        "false positives"
+    )
+    at_size = verdict(ctr(Estimate(0.004, -0.005, 0.013), 0.41, analysis="fixed"), plans=(plan(1.0, "fixed"),))
+    assert at_size.startswith("no significant difference between model_b and model_a on CTR at the planned size")
+    assert "would have been found with 80% power" in at_size
+
+
+def test_verdict_of_a_stopped_variant_says_by_which_guardrail_and_when() -> None:
+    stop = Stop("model_b", "error_rate", 1_700_000_100.0, 3, "model_a", "worse by +30 pp [24, 36] (tolerance 2 pp)")
+
+    line = verdict(ctr(None, None, reason="no data"), stop=stop, stop_in_effect=True)
+
+    assert line == (
+        "model_b was stopped by guardrail error_rate at 2023-11-14 22:15:00 UTC (phase 3: worse by +30 pp [24, 36] "
+        "(tolerance 2 pp)); its users are served by model_a until an admin resumes it"
     )
 
 
@@ -84,16 +136,23 @@ def test_render_markdown_states_unit_verdict_and_every_section(results_dir: Path
         "Traffic per variant",
         "Outcomes per variant",
         "Treatment vs control",
+        "Planned sample size",
+        "Guardrails",
         "Sample ratio",
         "Offline metrics",
         "Exclusions and data quality",
         "Method",
     ):
         assert f"\n## {title}" in text
-    assert f"**model_b vs model_a**: {report.comparisons[0].verdict}" in text
-    assert "Excluded exposures (not assigned by the strategy): 3 (fallback 1, override 2)" in text
-    assert "Users seen in more than one variant: 1 (should be 0)" in text
-    assert "Never per shown item" in text
+    comparison = report.comparisons[0]
+    assert (
+        "**model_b vs model_a** - analysis: sequential (always valid: may be read at any time); planned size: "
+        f"none configured; guardrails: none configured. **Verdict:** {comparison.verdict}"
+    ) in text
+    assert "Excluded exposures (not randomised: QA overrides): 2 (override 2)" in text
+    assert "Fallback exposures, counted for the variant assigned (intention to treat): 1." in text
+    assert "Users assigned to more than one variant: 1 (should be 0)" in text
+    assert "Never per shown item" in text and "Intention to treat: every randomised exposure" in text
 
 
 def test_render_markdown_puts_sample_ratio_mismatch_first(tmp_path: Path) -> None:
@@ -112,10 +171,12 @@ def test_report_to_json_is_strict_json_with_the_report_numbers(results_dir: Path
 
     data = json.loads(json.dumps(report_to_json(report), allow_nan=False))
 
-    assert data["report_version"] == 1
+    assert data["report_version"] == 2
     assert data["phase"] == 1 and data["unit"] == "user"
     assert [v["exposures"] for v in data["variants"]] == [v.exposures for v in report.variants]
-    assert data["exclusions"]["exposures_by_assignment"] == {"fallback": 1, "override": 2}
+    assert data["exclusions"]["exposures_by_assignment"] == {"override": 2}
+    assert data["analysis"]["sequential"] is True and data["comparisons"][0]["analysis"] == "sequential"
+    assert data["comparisons"][0]["ctr"]["reason"] is not None  # 3 users per arm: no verdict, and why
     assert data["comparisons"][0]["verdict"] == report.comparisons[0].verdict
     assert data["srm"]["observed"] == list(report.srm.observed) if report.srm else data["srm"] is None
 
@@ -125,7 +186,18 @@ def test_render_html_is_self_contained_with_three_plots(results_dir: Path) -> No
 
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<svg") == 3
-    for anchor in ("verdict", "traffic", "outcomes", "comparisons", "plots", "srm", "offline", "exclusions"):
+    for anchor in (
+        "verdict",
+        "traffic",
+        "outcomes",
+        "comparisons",
+        "plan",
+        "guardrails",
+        "plots",
+        "srm",
+        "offline",
+        "exclusions",
+    ):
         assert f'id="{anchor}"' in page
     assert "<script" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)

@@ -13,6 +13,7 @@ from router.config import (
     ExperimentConfig,
     RouterSettings,
     build_config,
+    effective_weights,
     load_config,
     phase_design,
     phase_key,
@@ -229,3 +230,42 @@ def test_interleave_is_a_per_user_strategy_and_its_phase_records_the_merge() -> 
     assert phase_design(config)["fan_out"] == {"label": "interleaved", "method": "team-draft"}
     assert "fan_out" not in phase_design(build_config(config_with()))
     assert phase_key(config) != phase_key(build_config(config_with()))  # switching to it starts a new phase
+
+
+def test_phase_key_changes_with_the_analysis_plan_but_not_with_its_defaults_spelled_out() -> None:
+    base = phase_key(build_config(BASE))
+    spelled = config_with(analysis={"sequential": True, "alpha": 0.05, "tuning": 5000, "power": 0.8, "min_units": 20})
+    assert phase_key(build_config(spelled)) == base  # the defaults are the plan of a config that omits them
+    for plan in (
+        {"analysis": {"alpha": 0.01}},
+        {"analysis": {"minimum_detectable_effect": 0.05}},
+        {"metrics": [{"name": "rating", "event": "rating", "per": "event"}]},
+        {"guardrails": [{"metric": "error_rate", "tolerance": {"margin": 0.02}, "action": "stop"}]},
+    ):
+        assert phase_key(build_config(config_with(**plan))) != base, plan
+    config = build_config(BASE)
+    assert phase_key(config, {"model_b"}) != base  # a stop moves model_b's users
+
+
+def test_effective_weights_give_a_stopped_variants_share_to_the_control() -> None:
+    config = build_config(BASE)
+    assert effective_weights(config, {"model_b"}) == (("model_a", 1.0), ("model_b", 0.0))
+    design = phase_design(config, {"model_b": {"guardrail": "error_rate", "phase": 1}})
+    assert [v["share"] for v in design["variants"]] == [1.0, 0.0]
+    assert design["stopped"] == [{"variant": "model_b", "guardrail": "error_rate", "phase": 1}]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"analysis": {"sequential": False}}, "needs minimum_detectable_effect"),
+        ({"guardrails": [{"metric": "clicks"}]}, "unknown metric 'clicks'"),
+        ({"guardrails": [{"metric": "error_rate"}, {"metric": "error_rate"}]}, "more than one guardrail"),
+        ({"guardrails": [{"metric": "error_rate", "threshold_ms": 5}]}, "latency_p99 guardrail only"),
+        ({"metrics": [{"name": "ctr", "event": "click", "per": "event"}]}, "built-in metric"),
+        ({"analysis": {"alpha": 0.5}}, "analysis.alpha"),
+    ],
+)
+def test_a_bad_analysis_plan_is_refused_with_its_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(config_with(**change))

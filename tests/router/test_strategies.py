@@ -214,3 +214,20 @@ def test_interleave_is_registered_with_a_fan_out_that_merges_by_team_draft() -> 
     assert (merged.items, merged.teams) == ((3, 1, 4, 2), ("model_b", "model_a", "model_b", "model_a"))  # the core's
     with pytest.raises(ValueError, match="compares exactly 2 variants"):
         spec.fan_out.check_variants(["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name", ["hash", "random"])
+def test_a_moved_variant_is_served_by_the_control_and_nobody_else_moves(name: str) -> None:
+    weights = (("model_a", 2.0), ("model_b", 1.0), ("model_c", 1.0))
+    before = build_strategy(name, SplitInputs(weights, "s", random.Random(3)))
+    after = build_strategy(name, SplitInputs(weights, "s", random.Random(3), moved={"model_c": "model_a"}))
+    users = [f"user-{i}" for i in range(3000)]
+
+    moved = [(before.assign(u), after.assign(u)) for u in users]
+
+    for old, new in moved:
+        assert new.variant == ("model_a" if old.variant == "model_c" else old.variant)
+    propensities = {new.variant: new.propensity for _, new in moved}
+    assert propensities["model_a"] == pytest.approx(0.75, abs=1e-4)  # its range and model_c's
+    assert propensities["model_b"] == pytest.approx(0.25, abs=1e-4)
+    assert "model_c" not in propensities

@@ -183,3 +183,42 @@ def test_interleaving_totals_of_a_phase_without_interleaving_are_empty(backend: 
     with backend.snapshot() as snapshot:
         totals = snapshot.interleaving_totals(1, assignments=("strategy",))
     assert (totals.users, totals.exposures, totals.failed, dict(totals.credits)) == (0, 0, 0, {})
+
+
+def test_unit_totals_by_assigned_variant_count_fallbacks_for_the_assigned_arm(backend: StoreBackend) -> None:
+    """Intention to treat: a fallback exposure counts for the variant assigned, with the click it got."""
+    backend.start_phase("rec-ab", "k", {"strategy": "hash"})
+    served = exposure(1, user="u1", variant="model_b")
+    fallback = replace(exposure(2, user="u1", variant="model_a"), assigned_variant="model_b", assignment="fallback")
+    failed = replace(exposure(3, user="u1", variant="model_b", status=504), assigned_variant="model_b")
+    control = exposure(4, user="u2", variant="model_a")
+    override = exposure(5, user="u3", variant="model_b", assignment="override")
+    backend.write([served, fallback, failed, control, override, feedback_for(fallback, fallback.items[0])])
+    with backend.snapshot() as snapshot:
+        itt = snapshot.unit_totals(1, by="assigned_variant", assignments=("strategy", "fallback"))
+        served_by = snapshot.unit_totals(1, by="variant", assignments=("strategy", "fallback"))
+    b, a = itt.of("model_b"), itt.of("model_a")
+    assert (int(itt.exposures[b].sum()), int(itt.fallbacks[b].sum()), int(itt.errors[b].sum())) == (3, 1, 1)
+    assert int(itt.clicked[b].sum()) == 1 and int(itt.clicked[a].sum()) == 0
+    assert (int(itt.exposures[a].sum()), int(itt.fallbacks[a].sum())) == (1, 0)
+    assert itt.slow is None  # only counted when a threshold is asked for
+    assert int(served_by.exposures[served_by.of("model_a")].sum()) == 2  # who served: the fallback is model_a's
+    assert int(served_by.fallbacks[served_by.of("model_a")].sum()) == 1
+
+
+def test_unit_totals_count_requests_slower_than_the_threshold_per_pair(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {"strategy": "hash"})
+    latencies = {"u1": [1.0, 5.0, 5.0001, 9.0], "u2": [4.9, 5.0], "u3": [50.0]}
+    rows = [
+        replace(exposure(10 * u + i, user=user, variant="model_a"), latency_ms=latency)
+        for u, (user, values) in enumerate(latencies.items())
+        for i, latency in enumerate(values)
+    ]
+    backend.write(rows)
+    with backend.snapshot() as snapshot:
+        totals = snapshot.unit_totals(1, by="variant", assignments=("strategy",), slow_above_ms=5.0)
+        none_slow = snapshot.unit_totals(1, by="variant", assignments=("strategy",), slow_above_ms=1e9)
+    assert totals.slow is not None and none_slow.slow is not None
+    by_user = dict(zip(totals.exposures.tolist(), totals.slow.tolist(), strict=True))  # exposures are distinct
+    assert by_user == {4: 2, 2: 0, 1: 1}  # strictly slower than 5.0 ms: equal is not slow
+    assert int(none_slow.slow.sum()) == 0

@@ -5,6 +5,7 @@
         control.delay = 2.0          # every /recommend now takes 2 s
         control.status = 500         # ... or fails
         control.shift = 3            # recommend the list 3 places further along (another model's taste)
+        control.fail_every = 20      # ... or fails every 20th /recommend (a 5 % error rate)
         control.seen                 # the /recommend paths it was asked for, in order
         control.arrived              # time.monotonic() when each /recommend arrived
 
@@ -41,12 +42,14 @@ class FakeModelControl:
     garbage: bool = False  # answer /recommend with a body that is not JSON
     healthy: bool = True  # /health answers 200 (else 503)
     shift: int = 0  # /recommend answers items_for(user_id, k, shift): k - shift items in common with shift 0
+    fail_every: int = 0  # when > 0, every fail_every-th /recommend answers 500
     seen: list[str] = field(default_factory=list)  # "/recommend/{user_id}?k=N" for every call, in order
     headers: list[dict[str, str]] = field(default_factory=list)  # the request headers of every /recommend
     arrived: list[float] = field(default_factory=list)  # time.monotonic() at each /recommend's arrival
 
     def reset(self) -> None:
-        self.delay, self.status, self.garbage, self.healthy, self.shift = 0.0, 200, False, True, 0
+        self.delay, self.status, self.garbage, self.healthy = 0.0, 200, False, True
+        self.shift, self.fail_every = 0, 0
         self.seen.clear()
         self.headers.clear()
         self.arrived.clear()
@@ -78,9 +81,11 @@ def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
             await asyncio.sleep(control.delay)  # the fault being simulated, not synchronisation
         if control.garbage:
             return Response(b"<html>not json", media_type="text/html")
-        if control.status != 200:
+        if control.status != 200 or (control.fail_every and len(control.seen) % control.fail_every == 0):
             return Response(
-                b'{"detail": "injected failure"}', status_code=control.status, media_type="application/json"
+                b'{"detail": "injected failure"}',
+                status_code=control.status if control.status != 200 else 500,
+                media_type="application/json",
             )
         items = items_for(user_id, k, control.shift)
         body: dict[str, Any] = {
