@@ -3,8 +3,9 @@
 abtest up                                  # the whole stack as local processes (router on :8080)
 abtest train model_a                       # train and save an artefact, with offline metrics
 abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7
-abtest report [--results-dir DIR] [--phase N]
-abtest bench models|router|store|all
+abtest report [--results-dir DIR] [--phase N] [--truth [SPEC]]
+abtest promote model_c [--weight W] [--config router/experiment.yaml]   # a shadow becomes a variant
+abtest bench models|router|store|sensitivity|shadow|all
 
 `abtest COMMAND --help` shows every option with its default and a few examples. Exit codes: 0 done,
 1 done but nothing to show (no exposures, no data), 2 usage or configuration error (nothing was done).
@@ -55,6 +56,12 @@ def _bench_router(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_shadow(args: argparse.Namespace) -> None:
+    from abtest.bench import shadow
+
+    shadow.run(args.results_dir, rounds=args.rounds, seconds=args.seconds)
+
+
 def _bench_sensitivity(args: argparse.Namespace) -> None:
     from abtest.bench import sensitivity
 
@@ -66,6 +73,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
     "store": _bench_store,
     "router": _bench_router,
     "sensitivity": _bench_sensitivity,
+    "shadow": _bench_shadow,
     "bandit": None,
 }
 BENCH_ALL = ("models", "store", "router")
@@ -175,11 +183,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from router.store import backend_for, default_store_url, describe_url
 
     url = os.environ.get("STORE_URL") or default_store_url(args.results_dir)
+    truth = None
+    if args.truth is not None:  # simulation: score shadow and live lists by the data set's ground truth
+        from recsys.data import load_dataset
+        from recsys.truth import ListAffinity
+
+        truth = ListAffinity(load_dataset(args.truth or None))
     if not args.quiet:
         which = f"phase {args.phase}" if args.phase is not None else "the latest phase"
         print(f"abtest report: building the report of {which} from {describe_url(url)} ...", file=sys.stderr)
     try:
-        paths = write_reports(backend_for(url), args.results_dir, args.phase)
+        paths = write_reports(
+            backend_for(url),
+            args.results_dir,
+            args.phase,
+            truth=truth,
+            truth_name=None if truth is None else truth.description,
+        )
     except NoDataError as exc:
         hint = "" if args.phase is not None else "; an earlier phase may have data: --phase N"
         print(f"abtest report: {describe_url(url)}: {exc}{hint}", file=sys.stderr)
@@ -191,6 +211,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(markdown.read_text(encoding="utf-8"), end="")
     print("written: " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from router.errors import ConfigError
+    from router.promotion import promote_file
+
+    try:
+        done = promote_file(args.config, args.shadow, weight=args.weight)
+    except (ConfigError, OSError) as exc:
+        print(f"abtest promote: {exc}", file=sys.stderr)
+        return 2
+    remaining = ", ".join(done.remaining_shadows) or "none"
+    print(
+        f"{done.shadow} is now a variant with weight {done.weight:g} in {done.path} (shadows left: {remaining}).\n"
+        f"The previous file is {done.backup} (comments are not kept in the new one).\n"
+        "Apply it: `kill -HUP <router pid>` (or `docker compose kill -s HUP router`), or\n"
+        '  curl -X POST -H "Authorization: Bearer $ROUTER_ADMIN_TOKEN" http://127.0.0.1:8080/admin/reload\n'
+        "The weights change, so the reload starts a new phase: results before and after are never mixed."
+    )
     return 0
 
 
@@ -315,7 +355,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--phase", type=int, help="which phase (default: the latest)")
     report.add_argument("--quiet", action="store_true", help="only list the files written")
+    report.add_argument(
+        "--truth",
+        nargs="?",
+        const="",
+        metavar="SPEC",
+        help="simulation: score shadow vs live lists by this data set's ground truth ($ABTEST_DATA by default)",
+    )
     report.set_defaults(run=_cmd_report)
+
+    promote = _add_command(
+        commands,
+        "promote",
+        help_text="turn a shadow into a variant of the experiment (applied on the next reload: a new phase)",
+        examples=(
+            "  abtest promote model_c                  # an equal share, written to the file (.bak kept)\n"
+            "  abtest promote model_c --weight 10 --config /config/experiment.yaml"
+        ),
+    )
+    promote.add_argument("shadow", help="the shadow's name in the experiment file")
+    promote.add_argument("--weight", type=float, help="its weight (default: the mean of the variants' weights)")
+    promote.add_argument("--config", type=Path, default=Path("router/experiment.yaml"), help="the experiment file")
+    promote.set_defaults(run=_cmd_promote)
 
     bench = _add_command(
         commands,
@@ -332,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         choices=[*(name for name, run in BENCHES.items() if run is not None), "all"],
         help="models: each model server's cost; router: router vs direct vs nginx (and interleaved); store: "
-        "outcome writes/s; sensitivity: users an A/B test and interleaving need to find the better model",
+        "outcome writes/s; sensitivity: users an A/B test and interleaving need to find the better model; "
+        "shadow: what a shadow costs live traffic",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
     bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")

@@ -14,7 +14,7 @@ independently of taste, so that is the expected CTR per exposure as the report m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,3 +119,31 @@ def ground_truth_preference(
         ctr, clicks = expected_outcomes(true_affinities(data, served_rows(model, data, k)), click_model)
         entries.append(ModelTruth(name, ctr, clicks))
     return TruthPreference(tuple(entries), k, data.n_users)
+
+
+class ListAffinity:
+    """The mean true affinity of a served list for its user: how good the list is by the ground truth.
+
+    For the report's shadow section in simulation (`abtest report --truth`): the same truth the simulator's
+    clicks follow, applied to the live and the shadow list of one request.
+
+        affinity = ListAffinity(load_dataset("synthetic"))
+        affinity("42", [50, 172, 3])     # mean over the items the data set knows; None for an unknown user
+    """
+
+    def __init__(self, data: Dataset) -> None:
+        if data.truth is None:
+            raise ValueError(f"data set {data.name} has no ground truth")
+        self.data = data
+        self.description = f"{data.spec} ({data.n_users:,} users, {data.n_items:,} items)"
+        self._truth = data.truth
+        self._user = {str(user_id): index for index, user_id in enumerate(data.user_ids)}
+        self._item = {int(item_id): index for index, item_id in enumerate(data.item_ids)}
+
+    def __call__(self, user_id: str, items: Sequence[int]) -> float | None:
+        """The mean affinity of `user_id` for the known items of `items`; None if the user or every item is unknown."""
+        user = self._user.get(user_id)
+        rows = [row for row in (self._item.get(int(item)) for item in items) if row is not None]
+        if user is None or not rows:
+            return None
+        return float(np.mean(self._truth.affinity(user, np.asarray(rows, dtype=np.intp))))

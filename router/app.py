@@ -24,14 +24,16 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.contract import MAX_K
 from recsys.params import TopK, UserId
-from router.config import RouterSettings
+from router.config import VARIANT_NAME_PATTERN, RouterSettings
 from router.errors import (
     AdminDisabledError,
     AdminForbiddenError,
@@ -50,6 +52,10 @@ from router.store import OutcomeStore
 log = logging.getLogger(__name__)
 
 Phase = Annotated[int | None, Query(ge=1, description="Which phase (default: the latest).")]
+VariantName = Annotated[
+    str,
+    FastApiPath(pattern=VARIANT_NAME_PATTERN, description="A variant's name, as in the config.", examples=["model_b"]),
+]
 
 _FRIENDLY = {
     (
@@ -138,7 +144,11 @@ def create_app(
     async def recommend(request: Request, user_id: UserId, k: TopK = 10) -> Response:
         override = service.live.config.override
         forced = request.headers.get(override.header) if override.enabled else None
-        return as_response(recommend_response(await service.recommend(user_id, k, forced)))
+        answer = await service.recommend(user_id, k, forced)
+        response = as_response(recommend_response(answer))
+        if answer.shadow_jobs:  # starlette runs it after the body is sent (a coroutine: no thread)
+            response.background = BackgroundTask(service.submit_shadows_later, answer.shadow_jobs)
+        return response
 
     @app.post("/feedback", status_code=202, summary="Report an outcome (click, watch, rating, ...) for an exposure")
     async def feedback(event: FeedbackIn) -> Response:
@@ -217,7 +227,7 @@ def create_app(
         summary="Give a variant stopped by a guardrail its configured weight back (a new phase)",
         responses={409: {"description": "The variant is not stopped"}},
     )
-    async def resume(variant: str) -> Response:
+    async def resume(variant: VariantName) -> Response:
         result = await service.resume(variant)
         return json_response(
             {

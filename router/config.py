@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,16 +100,92 @@ class Variant(BaseModel):
     @field_validator("url")
     @classmethod
     def _base_url_only(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        if url.username or url.password:
-            raise ValueError("credentials do not belong in a backend URL")
-        if url.query or url.fragment:
-            raise ValueError("a backend URL is a base address: no query string or fragment")
-        return url
+        return base_url_only(url)
 
     @property
     def base_url(self) -> str:
         """The URL without a trailing slash, ready for `base_url + "/recommend/..."`."""
         return str(self.url).rstrip("/")
+
+
+def base_url_only(url: AnyHttpUrl) -> AnyHttpUrl:
+    """Refuse what does not belong in a backend's base URL: credentials, a query string, a fragment."""
+    if url.username or url.password:
+        raise ValueError("credentials do not belong in a backend URL")
+    if url.query or url.fragment:
+        raise ValueError("a backend URL is a base address: no query string or fragment")
+    return url
+
+
+class ShadowVariant(BaseModel):
+    """A candidate model that gets a copy of `fraction` of the users' requests; its answers are never shown.
+
+    docs/shadow.md: the live answer is sent first, the shadow call runs afterwards off the user's path, and the
+    report compares its lists with the live lists of the same requests.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=VARIANT_NAME_PATTERN,
+        description="The shadow's name, unique among shadows and variants: a metrics label and the `shadow` "
+        "column of `shadow_calls`.",
+        json_schema_extra=SAME_PHASE,
+    )
+    url: AnyHttpUrl = Field(
+        description="The candidate model server's base URL, validated like a variant's. It may be a variant's "
+        "URL: a shadow of the live model measures its noise floor.",
+        json_schema_extra=SAME_PHASE,
+    )
+    fraction: float = Field(
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of users whose successful requests are copied to the shadow, chosen per user by the "
+        "hash with the salt `shadow/<name>/` (a user's requests are all copied or none are).",
+        json_schema_extra=SAME_PHASE,
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _base_url_only(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        return base_url_only(url)
+
+    @property
+    def base_url(self) -> str:
+        """The URL without a trailing slash, like `Variant.base_url`."""
+        return str(self.url).rstrip("/")
+
+    @property
+    def salt(self) -> str:
+        return shadow_salt(self.name)
+
+    def as_variant(self) -> Variant:
+        """The shadow as the `Variant` a `BackendClient` calls (weight 0: it serves nobody)."""
+        return Variant(name=self.name, url=self.url, weight=0)
+
+
+def shadow_salt(name: str) -> str:
+    """The hash salt of a shadow: its name between separators a variant name cannot contain.
+
+    >>> shadow_salt("model_c")
+    'shadow/model_c/'
+    """
+    return f"shadow/{name}/"
+
+
+def check_shadow_names(shadows: Sequence[ShadowVariant], variant_names: Collection[str]) -> None:
+    """Refuse duplicate shadow names and a shadow named like a variant (the store and report key by name)."""
+    seen: set[str] = set()
+    for shadow in shadows:
+        if shadow.name in seen:
+            raise ValueError(f"duplicate shadow name {shadow.name!r}")
+        if shadow.name in variant_names:
+            raise ValueError(
+                f"shadow {shadow.name!r} has the name of a variant: give it its own name "
+                "(a shadow may point at a variant's URL, e.g. for a noise floor, but not share its name)"
+            )
+        seen.add(shadow.name)
 
 
 class Override(BaseModel):
@@ -404,6 +480,13 @@ class ExperimentConfig(BaseModel):
         description="Metrics that must not get worse, checked continuously by the router (fields below).",
         json_schema_extra=NEW_PLAN,
     )
+    shadow: tuple[ShadowVariant, ...] = Field(
+        default=(),
+        description="Candidate models that get a copy of real requests after the live answer is sent; nobody "
+        "sees their answers, the report compares them with the live lists (docs/shadow.md). Adding, removing or "
+        "changing one moves nobody, so it never starts a phase.",
+        json_schema_extra=SAME_PHASE,
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -438,6 +521,7 @@ class ExperimentConfig(BaseModel):
             )
         if self.on_error == "fallback" and self.fallback_variant is None:
             raise ValueError("on_error is 'fallback' but fallback_variant is not set")
+        check_shadow_names(self.shadow, names)
         return self
 
     @model_validator(mode="after")
@@ -509,8 +593,8 @@ def phase_key(config: ExperimentConfig, stopped: Collection[str] = ()) -> str:
     `guardrails`) moves nobody - assignment never reads it - but a verdict is only honest under the plan
     fixed before its data were seen, so changing the plan starts a new phase: users stay in their variants,
     and the new phase's report starts from zero. Only the plan's non-default values are hashed, so a config
-    that spells the defaults out keeps the phase of one that omits them. URLs, timeouts, the override and
-    error handling move nobody and are no plan, so changing them keeps the phase.
+    that spells the defaults out keeps the phase of one that omits them. URLs, timeouts, the override,
+    error handling and shadows move nobody and are no plan, so changing them keeps the phase.
 
         >>> variants = [{"name": "a", "url": "http://a", "weight": 1}, {"name": "b", "url": "http://b", "weight": 1}]
         >>> a = ExperimentConfig(experiment="x", strategy="hash", salt="s", variants=variants)
@@ -795,9 +879,9 @@ def describe_errors(
     lines = [f"invalid experiment config {source}:"]
     for error in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        named = _variant_name(raw, error["loc"])
+        named = _entry_name(raw, error["loc"])
         if named is not None:
-            loc += f" (variant {named!r})"
+            loc += f" ({'shadow' if error['loc'][0] == 'shadow' else 'variant'} {named!r})"
         message = error["msg"]
         value = error.get("input")
         shown = "" if isinstance(value, dict | list | tuple) else f" (got {_short(value)})"
@@ -808,14 +892,14 @@ def describe_errors(
     return "\n".join(lines)
 
 
-def _variant_name(raw: dict[str, Any] | None, loc: tuple[int | str, ...]) -> str | None:
-    """The name of the variant an error location points into, if the raw config has one."""
-    if raw is None or len(loc) < 3 or loc[0] != "variants" or not isinstance(loc[1], int):
+def _entry_name(raw: dict[str, Any] | None, loc: tuple[int | str, ...]) -> str | None:
+    """The name of the variant (or shadow) an error location points into, if the raw config has one."""
+    if raw is None or len(loc) < 3 or loc[0] not in ("variants", "shadow") or not isinstance(loc[1], int):
         return None
-    variants = raw.get("variants")
-    if not isinstance(variants, list) or loc[1] >= len(variants) or not isinstance(variants[loc[1]], dict):
+    entries = raw.get(str(loc[0]))
+    if not isinstance(entries, list) or loc[1] >= len(entries) or not isinstance(entries[loc[1]], dict):
         return None
-    name = variants[loc[1]].get("name")
+    name = entries[loc[1]].get("name")
     return name if isinstance(name, str) else None
 
 

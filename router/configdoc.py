@@ -95,7 +95,7 @@ def _default(info: FieldInfo, *, none: str) -> str:
     if info.is_required():
         return "required"
     value = info.get_default(call_default_factory=True)
-    if value is None:
+    if value is None or value == ():
         return none
     if isinstance(value, BaseModel):
         return "see below"

@@ -23,6 +23,7 @@ from recsys.contract import DEFAULT_K, MAX_K, USER_ID_PATTERN
 from router.errors import RequestRefusedError, RouterError
 from router.responses import Triple, error_response, internal_error_response, recommend_response
 from router.service import RouterService
+from router.shadow import ShadowJob
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,12 @@ class RecommendFastPath:
     async def _serve(self, scope: Scope, send: Send, user_id: str, k: int) -> None:
         service = self.service
         triple: Triple
+        shadow_jobs: tuple[ShadowJob, ...] = ()
         try:
             override = service.live.config.override
             forced = _header(scope, override.header.lower().encode("latin-1")) if override.enabled else None
-            triple = recommend_response(await service.recommend(user_id, k, forced))
+            answer = await service.recommend(user_id, k, forced)
+            triple, shadow_jobs = recommend_response(answer), answer.shadow_jobs
         except RouterError as exc:
             if isinstance(exc, RequestRefusedError):
                 service.metrics.rejected("recommend", exc.status_code)
@@ -108,6 +111,8 @@ class RecommendFastPath:
             log.error("unhandled error", exc_info=True, extra={"path": scope["path"]})
             triple = internal_error_response()
         await _send(send, triple)
+        if shadow_jobs:  # after the body is sent: the client has its answer before a shadow call starts
+            service.submit_shadows(shadow_jobs)
 
 
 async def _send(send: Send, triple: Triple) -> None:

@@ -2,8 +2,8 @@
 
     raw = read_yaml(Path("router/experiment.yaml"))
     promoted = promote_shadow(raw, "model_c")            # model_c joins `variants`, leaves `shadow`
-    Path("router/experiment.yaml").write_text(dump_config(promoted))
-    # then POST /admin/reload (or SIGHUP): the weights changed, so a new phase starts
+    promote_file(Path("router/experiment.yaml"), "model_c")   # the same, written atomically, old file as .bak
+    # then POST /admin/reload (or SIGHUP): the weights changed, so a new phase starts (`abtest promote` says so)
 
 Everything else in the config is kept as it was, in its order. With no `weight`, the shadow gets an equal
 share: the mean of the variants' weights, so with n variants it serves 1/(n+1) of the users and the others
@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from router.config import build_config
-from router.errors import ConfigError
+from router.errors import ConfigError, ConfigFileError
 from router.shadow import parse_shadows
 
 #: The config key that lists the shadows.
@@ -128,3 +133,43 @@ def _describe_shadow_errors(exc: ValidationError, shadows: object) -> str:
                 where += f" (shadow {entry['name']!r})"
         lines.append(f"  {where}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PromotedFile:
+    """What `promote_file` did: the shadow is a variant with `weight` in `path`; the old file is `backup`."""
+
+    path: Path
+    backup: Path
+    shadow: str
+    weight: float
+    remaining_shadows: tuple[str, ...]
+
+
+def promote_file(path: Path, name: str, *, weight: float | None = None) -> PromotedFile:
+    """Promote shadow `name` in the experiment file at `path`: validated first, then written atomically.
+
+    The previous file is kept as `<path>.bak` (PyYAML drops comments: the backup keeps them). Nothing is written
+    when the promotion is refused (PromotionError) or the file cannot be read (ConfigError). The router applies
+    it on its next reload (SIGHUP or POST /admin/reload); the weights change, so that starts a new phase.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read the experiment config ({exc.strerror or exc})") from exc
+    promoted = promote_shadow(text, name, weight=weight)
+    variant = promoted["variants"][-1]
+    backup = path.with_name(path.name + ".bak")
+    shutil.copy2(path, backup)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(dump_config(promoted))
+        shutil.copymode(backup, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    remaining = tuple(str(e.get("name")) for e in promoted.get(SHADOW_KEY, []) if isinstance(e, dict))
+    return PromotedFile(path, backup, name, float(variant["weight"]), remaining)

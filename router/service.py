@@ -5,7 +5,10 @@
     answer = await service.recommend("42", 10, forced=None) # assign -> forward -> record the exposure
     accepted = await service.feedback(FeedbackIn(user_id="42", item_id=50, event="click"))
     await service.reload()                                  # re-read the YAML; a new phase if users can move
-    await service.stop()                                    # flushes the outcome store
+    await service.stop()                                    # closes the shadows, flushes the outcome store
+
+A served answer carries its shadow jobs (`Answer.shadow_jobs`, docs/shadow.md): the web layer submits them with
+`submit_shadows` once the live body is sent, so a shadow call never delays a user.
 
 A recommendation goes through three steps, each its own method: `_assign` (override or strategy: the variant
 and its propensity), `_forward` (the backend call, with the fallback; or, when the strategy's spec has a fan-out
@@ -53,10 +56,11 @@ from router.errors import (
 )
 from router.guardrails import GuardrailWatcher, Harm
 from router.interleaving import NoListError
-from router.metrics import Metrics
+from router.metrics import Metrics, ShadowCollector
 from router.monitor import BackendMonitor
 from router.proxy import BackendClient, Recommendation, open_client
-from router.store import Exposure, Feedback, OutcomeStore, backend_for
+from router.shadow import ShadowJob, ShadowPool, ShadowResult, ShadowStats, backend_call
+from router.store import Exposure, Feedback, OutcomeStore, ShadowCall, backend_for
 from router.strategies import FanOut, Outcome, SplitInputs, Strategy, build_strategy, fan_out_of
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,9 @@ REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 #: Feedback event names: short lowercase identifiers ("click", "watch", "rating", ...).
 EVENT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+#: Seconds `stop` gives shadow calls still running to finish before they are abandoned (and counted).
+SHADOW_CLOSE_GRACE = 1.0
 
 
 class FeedbackIn(BaseModel):
@@ -130,6 +137,7 @@ class Answer:
     body: bytes
     variant: str
     request_id: str
+    shadow_jobs: tuple[ShadowJob, ...] = ()  # for the web layer to submit once the body is sent (docs/shadow.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,8 @@ class RouterService:
         self.settings = settings
         self.store = store or OutcomeStore(backend_for(settings.outcome_store_url))
         self.metrics = Metrics(self.store.stats)
+        self.shadows: ShadowPool | None = None  # start() opens it over the backend client
+        self.metrics.registry.register(ShadowCollector(self.shadow_stats))
         self._rng = rng
         self._live: Live | None = None
         self._client: BackendClient | None = None
@@ -178,6 +188,8 @@ class RouterService:
             raise
         self._set_live(self._make_live(config, phase, key, stops))
         self._client = open_client(config.backend_client, config.timeouts)
+        self.shadows = ShadowPool(backend_call(self._client), self._record_shadow)
+        await self.shadows.configure(config.shadow)
         self._monitor = BackendMonitor(
             self.client, self._current, self.store, self.metrics, interval=self.settings.health_interval
         )
@@ -201,15 +213,20 @@ class RouterService:
                 "variants": {name: share for name, share in config.weights},
                 "backend_client": config.backend_client,
                 "store": self.store.description,
+                "shadows": {shadow.name: shadow.fraction for shadow in config.shadow},
             },
         )
 
     async def stop(self) -> None:
-        """Stop the watchers, close the client, then write every queued event and close the store."""
+        """Stop the watchers, close the shadows (within a grace), close the client, then write every queued event
+        and close the store."""
         if self._watcher is not None:
             await self._watcher.stop()
         if self._monitor is not None:
             await self._monitor.stop()
+        if self.shadows is not None:
+            finals = await self.shadows.aclose(SHADOW_CLOSE_GRACE)
+            _log_closed_shadows("router stopping", finals)
         if self._client is not None:
             await self._client.aclose()
         await asyncio.to_thread(self.store.close)
@@ -346,8 +363,15 @@ class RouterService:
                 also_failed=forwarded.also_failed,
                 served_as=forwarded.variant if forwarded.teams is not None else None,
             ) from forwarded.failure
+        jobs = (
+            self.shadows.jobs_for(
+                request_id=request_id, phase=live.phase, user_id=user_id, k=k, variant=forwarded.variant
+            )
+            if self.shadows is not None and self.shadows.shadows
+            else ()
+        )
         return Answer(
-            annotate(forwarded.recommendation.body, forwarded.variant, request_id), forwarded.variant, request_id
+            annotate(forwarded.recommendation.body, forwarded.variant, request_id), forwarded.variant, request_id, jobs
         )
 
     def _assign(self, live: Live, user_id: str, forced: str | None) -> Choice:
@@ -503,6 +527,41 @@ class RouterService:
             },
         )
 
+    # -- shadow traffic ------------------------------------------------------------------------------
+
+    def submit_shadows(self, jobs: tuple[ShadowJob, ...]) -> int:
+        """Hand an answer's shadow jobs to their dispatchers; call it after the live body is sent. Never blocks."""
+        return self.shadows.submit(jobs) if self.shadows is not None else 0
+
+    async def submit_shadows_later(self, jobs: tuple[ShadowJob, ...]) -> int:
+        """`submit_shadows` as a coroutine, for a starlette BackgroundTask (it runs plain functions in a thread)."""
+        return self.submit_shadows(jobs)
+
+    def shadow_stats(self) -> dict[str, ShadowStats]:
+        """Each configured shadow's counters (none before start or after stop)."""
+        return self.shadows.stats() if self.shadows is not None else {}
+
+    def _record_shadow(self, result: ShadowResult) -> None:
+        """The dispatchers' sink: one `shadow_calls` row per finished call (refused first when the queue is full)."""
+        job = result.job
+        self.store.record_shadow_call(
+            ShadowCall(
+                ts=result.ts,
+                request_id=job.request_id,
+                phase=job.phase,
+                user_id=job.user_id,
+                variant=job.variant,
+                shadow=job.shadow.name,
+                shadow_url=job.shadow.base_url,
+                k=job.k,
+                status=result.status,
+                latency_ms=result.latency_ms,
+                wait_ms=result.wait_ms,
+                items=result.items,
+                error=result.error,
+            )
+        )
+
     # -- feedback ----------------------------------------------------------------------------------
 
     async def feedback(self, event: FeedbackIn) -> Feedback:
@@ -588,6 +647,9 @@ class RouterService:
                 raise
             self._set_live(self._make_live(config, phase, key, stops))
             self.client().configure(config.timeouts)
+            if self.shadows is not None:
+                _log_closed_shadows("shadow removed by a reload", await self.shadows.configure(config.shadow))
+            self.metrics.phase.set(phase)
             self.metrics.reload("applied")
             if self._monitor is not None:
                 self._monitor.poke()
@@ -598,6 +660,7 @@ class RouterService:
                     "new_phase": is_new,
                     "previous_phase": previous.phase,
                     "strategy": config.strategy,
+                    "shadows": {shadow.name: shadow.fraction for shadow in config.shadow},
                 },
             )
             return ReloadResult(phase, is_new, previous.phase, config)
@@ -620,6 +683,7 @@ class RouterService:
                 "lost": stats["lost"],
                 "errors": stats["errors"],
             },
+            "shadows": {name: _shadow_health(shadow) for name, shadow in self.shadow_stats().items()},
         }
 
     def describe(self) -> dict[str, Any]:
@@ -653,6 +717,31 @@ def _still_stoppable(config: ExperimentConfig, stops: dict[str, dict[str, Any]])
     """The stops that still apply to `config`: a variant removed from it, or now its control, is no longer stopped."""
     names = {v.name for v in config.variants}
     return {name: record for name, record in stops.items() if name in names and name != config.control}
+
+
+def _shadow_health(stats: ShadowStats) -> dict[str, Any]:
+    """A shadow's counters for GET /health (`submitted` = the sum of every other count)."""
+    return {
+        "submitted": stats.submitted,
+        "completed": stats.completed,
+        "failed": dict(stats.failed),
+        "dropped": stats.dropped,
+        "abandoned": stats.abandoned,
+        "in_flight": stats.in_flight,
+        "queued": stats.queued,
+        "record_errors": stats.callback_errors,
+        "concurrency": stats.concurrency,
+        "queue_size": stats.queue_size,
+    }
+
+
+def _log_closed_shadows(why: str, finals: dict[str, ShadowStats]) -> None:
+    """One line per closed shadow with its final counters (a removed shadow's counters leave /metrics with it)."""
+    for name, final in finals.items():
+        log.info(
+            why,
+            extra={"shadow": name, **{key: value for key, value in _shadow_health(final).items() if key != "queued"}},
+        )
 
 
 def annotate(body: bytes, variant: str, request_id: str) -> bytes:

@@ -17,6 +17,7 @@ task; when both are full the job is dropped and counted. A shadow call that fail
 
 Membership is per user: the user's GrowthBook point under the salt `shadow/<name>/` (not the experiment's salt)
 below `fraction`. Changing a fraction or a URL moves nobody between variants, so it never starts a phase.
+`ShadowVariant` and the name checks live in router.config (the experiment file's `shadow:` field).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import TypeAdapter
 
-from router.config import VARIANT_NAME_PATTERN, Variant
+from router.config import ShadowVariant, Variant, check_shadow_names, shadow_salt
 from router.errors import BackendError
 from router.proxy import BackendClient
 from router.strategies import unit_point
@@ -59,50 +60,7 @@ Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class ShadowVariant(BaseModel):
-    """A candidate model that gets a copy of `fraction` of the users' requests; its answers are never shown."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=VARIANT_NAME_PATTERN)
-    url: AnyHttpUrl
-    fraction: float = Field(ge=0, le=1, allow_inf_nan=False)
-
-    @field_validator("url")
-    @classmethod
-    def _base_url_only(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        # The checks of router.config.Variant.url, repeated (config.py is not ours to change);
-        # tests/router/test_shadow.py holds both to one table of URLs so they cannot drift apart.
-        if url.username or url.password:
-            raise ValueError("credentials do not belong in a backend URL")
-        if url.query or url.fragment:
-            raise ValueError("a backend URL is a base address: no query string or fragment")
-        return url
-
-    @property
-    def base_url(self) -> str:
-        """The URL without a trailing slash, like `Variant.base_url`."""
-        return str(self.url).rstrip("/")
-
-    @property
-    def salt(self) -> str:
-        return shadow_salt(self.name)
-
-    def as_variant(self) -> Variant:
-        """The shadow as the `Variant` a `BackendClient` calls (weight 0: it serves nobody)."""
-        return Variant(name=self.name, url=self.url, weight=0)
-
-
 _SHADOW_LIST = TypeAdapter(tuple[ShadowVariant, ...])
-
-
-def shadow_salt(name: str) -> str:
-    """The hash salt of a shadow: its name between separators a variant name cannot contain.
-
-    >>> shadow_salt("model_c")
-    'shadow/model_c/'
-    """
-    return f"shadow/{name}/"
 
 
 def is_shadowed(shadow: ShadowVariant, user_id: str) -> bool:
@@ -118,27 +76,13 @@ def parse_shadows(raw: object, variant_names: Collection[str] = ()) -> tuple[Sha
     """The config's `shadow:` list validated: each entry, distinct names, no name shared with a variant.
 
     `raw` None means no shadows. Raises pydantic's ValidationError for a bad entry and ValueError for a
-    clash, each naming the shadow (the lead's ExperimentConfig validator calls this).
+    clash, each naming the shadow (ExperimentConfig runs the same checks on its `shadow` field).
     """
     if raw is None:
         return ()
     shadows = _SHADOW_LIST.validate_python(raw)
     check_shadow_names(shadows, variant_names)
     return shadows
-
-
-def check_shadow_names(shadows: Sequence[ShadowVariant], variant_names: Collection[str]) -> None:
-    """Refuse duplicate shadow names and a shadow named like a variant (the store and report key by name)."""
-    seen: set[str] = set()
-    for shadow in shadows:
-        if shadow.name in seen:
-            raise ValueError(f"duplicate shadow name {shadow.name!r}")
-        if shadow.name in variant_names:
-            raise ValueError(
-                f"shadow {shadow.name!r} has the name of a variant: give it its own name "
-                "(a shadow may point at a variant's URL, e.g. for a noise floor, but not share its name)"
-            )
-        seen.add(shadow.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,3 +412,21 @@ def after_response(send: Send, then: Callable[[], object]) -> Send:
             then()
 
     return send_then
+
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "ShadowCall",
+    "ShadowDispatcher",
+    "ShadowJob",
+    "ShadowPool",
+    "ShadowResult",
+    "ShadowStats",
+    "ShadowVariant",
+    "after_response",
+    "backend_call",
+    "check_shadow_names",
+    "is_shadowed",
+    "parse_shadows",
+    "shadow_salt",
+]

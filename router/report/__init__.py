@@ -6,7 +6,8 @@
     write_reports(store, Path("results"))                             # report.md, report.html, report.json
 
 Modules: ``load`` (one phase's aggregates from a store snapshot), ``stats`` (pure statistics), ``build``
-(assemble the Report), ``document`` (the Report dataclasses), ``render`` (md/html/json). Its errors
+(assemble the Report), ``document`` (the Report dataclasses), ``render`` (md/html/json); the shadow section
+is ``shadow`` (the comparison, pure), ``shadow_section`` (read and assemble it) and ``shadow_render``. Its errors
 (NoDataError, StoreFormatError) are part of router.errors' tree.
 """
 
@@ -22,6 +23,7 @@ from router.report.build import build_report
 from router.report.document import Report
 from router.report.load import SnapshotSource
 from router.report.render import render_html, render_markdown, report_to_json
+from router.report.shadow_section import ListAffinity
 
 __all__ = [
     "NoDataError",
@@ -36,13 +38,20 @@ __all__ = [
 ]
 
 
-def write_reports(store: SnapshotSource, directory: Path, phase: int | None = None) -> list[Path]:
+def write_reports(
+    store: SnapshotSource,
+    directory: Path,
+    phase: int | None = None,
+    *,
+    truth: ListAffinity | None = None,
+    truth_name: str | None = None,
+) -> list[Path]:
     """Write report.md, report.html and report.json of the store's phase into ``directory``.
 
-    Each file is replaced atomically, so a reader never sees half a report.
+    Each file is replaced atomically, so a reader never sees half a report. `truth`: see `build_report`.
     """
     directory = Path(directory)
-    report = build_report(store, phase)
+    report = build_report(store, phase, truth=truth, truth_name=truth_name)
     outputs = {
         "report.md": render_markdown(report),
         "report.html": render_html(report),

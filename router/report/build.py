@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ from router.report.outcomes import (
 )
 from router.report.planning import SamplePlan, plan_units, progress
 from router.report.ratio import RatioMoments, Unavailable, estimate, point
+from router.report.shadow_section import ListAffinity, read_shadow_section
 from router.report.stats import Estimate, SampleRatio, Unit
 from router.report.verdict import format_pp, verdict_for
 from router.store.reader import Timeline, UnitTotals
@@ -74,11 +76,17 @@ TUNING_DRIFT = 2.0
 """A note says so when the sequential plan's total is more than this factor away from the configured tuning."""
 
 
-def build_report(store: SnapshotSource, phase: int | None = None) -> Report:
-    """The report of one phase (the latest by default); NoDataError when there is nothing to report."""
+def build_report(
+    store: SnapshotSource, phase: int | None = None, *, truth: ListAffinity | None = None, truth_name: str | None = None
+) -> Report:
+    """The report of one phase (the latest by default); NoDataError when there is nothing to report.
+
+    `truth` (simulation only) scores shadow and live lists by the ground truth (router.report.shadow_section).
+    """
     with store.snapshot() as snapshot:
         data = read_phase(snapshot, phase)
-    return assemble(data)
+        shadow = read_shadow_section(snapshot, data.phase, truth=truth, truth_description=truth_name)
+    return replace(assemble(data), shadow=shadow)
 
 
 def assemble(data: PhaseData) -> Report:

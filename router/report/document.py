@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.report.interleaving import Preference
+from router.report.shadow_section import ShadowSection
 from router.report.stats import Estimate, SampleRatio, Unit
 
 AnalysisKind = Literal["fixed", "sequential"]
@@ -276,6 +277,8 @@ class Report:
     interleaving: InterleavingResult | None = None
     """Set for a phase that served merged lists (strategy interleave); the A/B tables then show one row, the
     merged lists, and the comparison of the two models is this."""
+    shadow: ShadowSection | None = None
+    """Shadow variants against the live ones (docs/shadow.md); None when the phase had no shadow call."""
 
 
 __all__ = [

@@ -32,6 +32,7 @@ from router.report.document import (
     Scale,
 )
 from router.report.interleaving import SEQUENTIAL_METHOD, format_delta
+from router.report.shadow_render import shadow_blocks
 from router.report.stats import Estimate
 from router.report.verdict import format_effect, format_p, format_pp, format_value
 
@@ -107,6 +108,7 @@ def sections(report: Report) -> tuple[Section, ...]:
         _srm_section(report),
         _offline_section(report),
         _exclusions_section(report),
+        *(Section(*block) for block in shadow_blocks(report.shadow)),
         _method_section(report),
     )
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats as scipy_stats
 
 from router.report.stats import ALPHA, UnitCounts, percentiles, ratio_interval
@@ -383,12 +383,22 @@ def availability(user_ids: Sequence[str] | ArrayLike, succeeded: ArrayLike, *, a
     if ids.size == 0:
         return Measure(None, None, None, 0, 0, reason="no shadow calls")
     _, codes = np.unique(ids, return_inverse=True)
-    units = UnitCounts.of(exposures=np.bincount(codes), clicked=np.bincount(codes, weights=ok).astype(np.int64))
+    return availability_by_user(np.bincount(codes), np.bincount(codes, weights=ok).astype(np.int64), alpha=alpha)
+
+
+def availability_by_user(calls: ArrayLike, succeeded: ArrayLike, *, alpha: float = ALPHA) -> Measure:
+    """`availability` from per-user counts (calls, succeeded calls), as the store aggregates them."""
+    n = np.asarray(calls, dtype=np.int64)
+    ok = np.asarray(succeeded, dtype=np.int64)
+    keep = n > 0
+    if not keep.any():
+        return Measure(None, None, None, 0, 0, reason="no shadow calls")
+    units = UnitCounts.of(exposures=n[keep], clicked=ok[keep])
     estimate = ratio_interval(units, alpha)
     assert estimate is not None  # there are calls
     if units.units < 2:
-        return Measure(estimate.value, None, None, int(ids.size), 1, reason="one user: no interval")
-    return Measure(estimate.value, estimate.low, estimate.high, int(ids.size), units.units)
+        return Measure(estimate.value, None, None, units.total_exposures, 1, reason="one user: no interval")
+    return Measure(estimate.value, estimate.low, estimate.high, units.total_exposures, units.units)
 
 
 def latency_side_by_side(live_ms: ArrayLike, shadow_ms: ArrayLike) -> LatencySideBySide:
@@ -396,22 +406,31 @@ def latency_side_by_side(live_ms: ArrayLike, shadow_ms: ArrayLike) -> LatencySid
     live = np.asarray(live_ms, dtype=np.float64)
     shadow = np.asarray(shadow_ms, dtype=np.float64)
     live, shadow = live[np.isfinite(live)], shadow[np.isfinite(shadow)]
-    live_q = percentiles(live, (50, 99))
-    shadow_q = percentiles(shadow, (50, 99))
+    return latency_of_quantiles(
+        percentiles(live, (50, 99)), percentiles(shadow, (50, 99)), int(live.size), int(shadow.size)
+    )
+
+
+def latency_of_quantiles(
+    live: Sequence[float] | None, shadow: Sequence[float] | None, live_calls: int, shadow_calls: int
+) -> LatencySideBySide:
+    """`latency_side_by_side` from (p50, p99) already computed (e.g. by the store), with the same caveats."""
     reasons = []
-    if live_q is None:
+    if live is None or live_calls == 0:
         reasons.append("no live latencies")
-    if shadow_q is None:
+    if shadow is None or shadow_calls == 0:
         reasons.append("no successful shadow calls")
-    if 0 < min(live.size, shadow.size) < 100:
+    if 0 < min(live_calls, shadow_calls) < 100:
         reasons.append("fewer than 100 calls on a side: p99 is close to that side's maximum")
+    live_q = live if live is not None and live_calls else None
+    shadow_q = shadow if shadow is not None and shadow_calls else None
     return LatencySideBySide(
-        live_q[0] if live_q else None,
-        live_q[1] if live_q else None,
-        shadow_q[0] if shadow_q else None,
-        shadow_q[1] if shadow_q else None,
-        int(live.size),
-        int(shadow.size),
+        float(live_q[0]) if live_q else None,
+        float(live_q[1]) if live_q else None,
+        float(shadow_q[0]) if shadow_q else None,
+        float(shadow_q[1]) if shadow_q else None,
+        live_calls,
+        shadow_calls,
         "; ".join(reasons) or None,
     )
 
@@ -458,10 +477,16 @@ def noise_floor(
     When every pair is identical the model is deterministic on these requests and the report says
     "deterministic: noise floor 0": any difference between shadow and live is the models', not chance's.
     """
-    n = len(user_ids)
+    if len(user_ids) == 0:
+        return NoiseFloor(0, 0, None, "no self-comparison: no request was answered twice by the live model", None)
+    return noise_floor_of(compare_lists(user_ids, first, second, k=k, persistence=persistence, alpha=alpha))
+
+
+def noise_floor_of(comparison: ListComparison) -> NoiseFloor:
+    """`noise_floor`'s statement for a self-comparison already made (e.g. accumulated by `ListAccumulator`)."""
+    n = comparison.requests
     if n == 0:
         return NoiseFloor(0, 0, None, "no self-comparison: no request was answered twice by the live model", None)
-    comparison = compare_lists(user_ids, first, second, k=k, persistence=persistence, alpha=alpha)
     if comparison.identical == n:
         statement = f"deterministic: noise floor 0 (all {n} self-compared lists identical)"
         return NoiseFloor(n, n, True, statement, comparison)
@@ -470,6 +495,134 @@ def noise_floor(
         "shadow-vs-live differences of this size are the live model's own variation"
     )
     return NoiseFloor(n, comparison.identical, False, statement, comparison)
+
+
+# -- across requests, fed in chunks ------------------------------------------------------------------------
+
+#: Per-user sums `ListAccumulator` keeps, by index.
+_J, _JN, _R, _RN, _T, _TN, _COVERED, _CLICKED, _AL, _ALN, _AS, _ASN, _D, _DN = range(14)
+
+
+class ListAccumulator:
+    """`compare_lists` (and `compare_affinity`) over requests fed one at a time: only per-user sums are kept.
+
+    So the memory grows with the users seen, never with the requests or their lists, and a report can read the
+    pairs from the store in chunks. The results equal `compare_lists` over the same requests (tested).
+
+        acc = ListAccumulator(k=10)
+        for pair in chunk:
+            acc.add(pair.user_id, pair.live, pair.shadow, pair.clicked)
+        acc.comparison()          # ListComparison
+    """
+
+    def __init__(self, *, k: int = DEFAULT_K, persistence: float = DEFAULT_PERSISTENCE, alpha: float = ALPHA) -> None:
+        _check_k(k)
+        if not 0 < persistence < 1:
+            raise ValueError(f"persistence must lie in (0, 1), got {persistence}")
+        self.k, self.persistence, self.alpha = k, persistence, alpha
+        self._users: dict[str, list[float]] = {}
+        self.requests = 0
+        self.identical = 0
+        self._skipped = [0, 0, 0, 0, 0, 0]  # jaccard, rbo, tau, affinity live, shadow, difference
+        self._affinity_requests = 0
+
+    def add(
+        self,
+        user_id: str,
+        live: Items,
+        shadow: Items,
+        clicked: Items = (),
+        *,
+        live_affinity: float | None = None,
+        shadow_affinity: float | None = None,
+        with_affinity: bool = False,
+    ) -> None:
+        """One request both answered; `with_affinity` when the affinities (possibly None) were computed."""
+        sums = self._users.get(user_id)
+        if sums is None:
+            sums = self._users[user_id] = [0.0] * 14
+        self.requests += 1
+        self.identical += distinct(live) == distinct(shadow)
+        values = (
+            jaccard_at_k(live, shadow, self.k),
+            rank_biased_overlap(live, shadow, self.persistence),
+            kendall_tau(live, shadow),
+        )
+        for slot, (index, value) in enumerate(zip((_J, _R, _T), values, strict=True)):
+            if value is None:
+                self._skipped[slot] += 1
+            else:
+                sums[index] += value
+                sums[index + 1] += 1
+        covered, eligible = clicks_covered(live, clicked, shadow, self.k)
+        sums[_COVERED] += covered
+        sums[_CLICKED] += eligible
+        if with_affinity:
+            self._affinity_requests += 1
+            difference = None if live_affinity is None or shadow_affinity is None else shadow_affinity - live_affinity
+            for slot, (index, value) in enumerate(
+                zip((_AL, _AS, _D), (live_affinity, shadow_affinity, difference), strict=True), start=3
+            ):
+                if value is None or not math.isfinite(value):
+                    self._skipped[slot] += 1
+                else:
+                    sums[index] += value
+                    sums[index + 1] += 1
+
+    @property
+    def users(self) -> int:
+        return len(self._users)
+
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        """The users seen so far, in the order they first appeared."""
+        return tuple(self._users)
+
+    def comparison(self) -> ListComparison:
+        """The same ListComparison `compare_lists` returns for the requests added so far."""
+        table = self._table()
+        if self.requests:
+            coverage = click_coverage_by_user(table[:, _COVERED], table[:, _CLICKED], alpha=self.alpha)
+        else:
+            coverage = Measure(None, None, None, 0, 0, reason="no requests")
+        return ListComparison(
+            k=self.k,
+            persistence=self.persistence,
+            requests=self.requests,
+            users=self.users,
+            identical=self.identical,
+            jaccard=self._mean(table, _J, self._skipped[0], (0.0, 1.0), self.requests),
+            rbo=self._mean(table, _R, self._skipped[1], (0.0, 1.0), self.requests),
+            kendall_tau=self._mean(table, _T, self._skipped[2], (-1.0, 1.0), self.requests),
+            click_coverage=coverage,
+        )
+
+    def affinity(self) -> AffinityComparison | None:
+        """`compare_affinity` over the requests added with affinities; None if none was."""
+        if not self._affinity_requests:
+            return None
+        table, n = self._table(), self._affinity_requests
+        bounds = (-math.inf, math.inf)
+        return AffinityComparison(
+            live=self._mean(table, _AL, self._skipped[3], bounds, n),
+            shadow=self._mean(table, _AS, self._skipped[4], bounds, n),
+            difference=self._mean(table, _D, self._skipped[5], bounds, n),
+        )
+
+    def _table(self) -> NDArray[np.float64]:
+        if not self._users:
+            return np.zeros((0, 14))
+        return np.array(list(self._users.values()), dtype=np.float64)
+
+    def _mean(
+        self, table: NDArray[np.float64], index: int, skipped: int, bounds: tuple[float, float], total: int
+    ) -> Measure:
+        """As `clustered_mean` says it: the same reasons when nothing is defined."""
+        counts = table[:, index + 1] if table.size else np.zeros(0)
+        if not counts.sum():
+            reason = "no requests" if total == 0 else f"undefined for all {total} requests"
+            return Measure(None, None, None, 0, 0, skipped, reason)
+        return ratio_of_sums(table[:, index], counts, bounds=bounds, alpha=self.alpha, skipped=skipped)
 
 
 def _check_k(k: int) -> None:

@@ -7,7 +7,8 @@
 
 Modules: ``schema`` (the tables, once), ``records`` (one frozen record per row), ``backend`` (the StoreBackend
 Protocol every engine implements), ``sqlite`` (the embedded default), ``outcomes`` (OutcomeStore: the queue, the
-writer thread, retries, loss counting, the recent index), ``reader`` (the read side the report uses).
+writer thread, retries, loss counting, the recent index), ``reader`` (the read side the report uses), with
+``shadow_reader`` (its shadow-call questions) and ``sqlite_shadow`` (SQLite's answers to them).
 
 Store URLs follow SQLAlchemy's spelling: `sqlite:///relative/path.sqlite3`, `sqlite:////absolute/path.sqlite3`.
 """
@@ -21,7 +22,8 @@ from router.errors import ConfigError
 from router.store.backend import Failure, StoreBackend
 from router.store.outcomes import OutcomeStore, StoreStats
 from router.store.reader import InterleavingTotals, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
-from router.store.records import Exposure, Feedback, Record, VariantInfo
+from router.store.records import Exposure, Feedback, Record, ShadowCall, VariantInfo
+from router.store.shadow_reader import PairedLatency, RepeatedList, ShadowPair, ShadowTotals
 from router.store.sqlite import SQLiteBackend
 
 #: The SQLite store's file name inside RESULTS_DIR when STORE_URL is not set.
@@ -34,10 +36,15 @@ __all__ = [
     "Feedback",
     "InterleavingTotals",
     "OutcomeStore",
+    "PairedLatency",
     "PhaseRecord",
     "PhaseSnapshot",
     "Record",
+    "RepeatedList",
     "SQLiteBackend",
+    "ShadowCall",
+    "ShadowPair",
+    "ShadowTotals",
     "StoreBackend",
     "StoreStats",
     "Timeline",

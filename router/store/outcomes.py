@@ -13,6 +13,10 @@ commits queued events in batches (every `flush_interval` seconds, sooner when a 
 (locked, read-only, disk full, I/O error, unreachable) is retried with backoff and logged; the queue is bounded,
 so while it is full new feedback is refused (503, the client retries) and exposures that cannot be queued are
 counted as lost - never dropped silently. On a hard kill at most the last `flush_interval` of events is lost.
+
+Shadow calls (docs/shadow.md) are the first to go: they are queued only while the queue is below
+`max_pending - shadow_headroom`, so a backlog of shadow rows can never take the room live exposures and
+feedback need; a refused shadow row is counted as lost (kind `shadow_call`), never waited for.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, TypeVar
 from router.errors import StoreError, StoreOverloadedError
 from router.store.backend import StoreBackend
 from router.store.reader import PhaseSnapshot
-from router.store.records import RECORD_KINDS, Exposure, Feedback, Record, VariantInfo
+from router.store.records import RECORD_KINDS, Exposure, Feedback, Record, ShadowCall, VariantInfo
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,15 @@ class OutcomeStore:
         flush_interval: float = 0.05,
         retry_max_delay: float = 2.0,
         stop_timeout: float = 10.0,
+        shadow_headroom: int | None = None,
     ) -> None:
         self.backend = backend
         self.max_pending = max_pending
+        # Room kept for live exposures and feedback that shadow rows may not take: a fifth of the queue
+        # (10,000 events by default, a fifth of a second of live traffic at 50,000 requests a second).
+        self.shadow_headroom = max_pending // 5 if shadow_headroom is None else shadow_headroom
+        if not 0 <= self.shadow_headroom <= max_pending:
+            raise ValueError(f"shadow_headroom must lie in [0, max_pending], got {self.shadow_headroom}")
         self.flush_interval = flush_interval
         self._batch_size = batch_size
         self._retry_max_delay = retry_max_delay
@@ -83,7 +93,7 @@ class OutcomeStore:
 
         self._stats = StoreStats()
         self._stats_lock = threading.Lock()
-        self._last_loss_log = 0.0
+        self._last_loss_log: dict[str, float] = {}  # by kind: a flood of shadow losses never hides a live one
 
         # The recent-exposure index: the last `index_size` exposures, plus every one not yet on disk, so an
         # attribution lookup never misses an acknowledged exposure (older ones are found in the database).
@@ -174,9 +184,19 @@ class OutcomeStore:
             return False
         return True
 
-    def _enqueue(self, event: Record) -> bool:
+    def record_shadow_call(self, call: ShadowCall) -> bool:
+        """Queue a finished shadow call, unless the queue is within `shadow_headroom` of full (counted as lost).
+
+        Never blocks: shadow rows are dropped before anything live is (see the module docstring).
+        """
+        if not self._enqueue(call, limit=self.max_pending - self.shadow_headroom):
+            self._count_lost("shadow_call", call.request_id)
+            return False
+        return True
+
+    def _enqueue(self, event: Record, *, limit: int | None = None) -> bool:
         pending = self._pending
-        if len(pending) + self._inflight >= self.max_pending or self._stop.is_set():
+        if len(pending) + self._inflight >= (self.max_pending if limit is None else limit) or self._stop.is_set():
             return False
         pending.append(event)
         self._enqueued += 1
@@ -342,8 +362,8 @@ class OutcomeStore:
             self._stats.lost[kind] += 1
             total = self._stats.lost[kind]
         now = time.monotonic()
-        if now - self._last_loss_log >= 1.0:
-            self._last_loss_log = now
+        if now - self._last_loss_log.get(kind, -1e9) >= 1.0:
+            self._last_loss_log[kind] = now
             log.error(
                 "outcome store queue full (%d pending): %s %s not recorded; %d %s events lost so far",
                 self.pending,

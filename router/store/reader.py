@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from router.store.shadow_reader import ShadowReads
+
 #: Which variant an exposure counts for: who served it, or whom the strategy assigned it to.
 GroupBy = Literal["variant", "assigned_variant"]
 
@@ -97,8 +99,11 @@ class Timeline:
     clicked: NDArray[np.int64]
 
 
-class PhaseSnapshot(Protocol):
-    """What the report may ask a store, all from one consistent snapshot. Raises NoDataError when it is empty."""
+class PhaseSnapshot(ShadowReads, Protocol):
+    """What the report may ask a store, all from one consistent snapshot. Raises NoDataError when it is empty.
+
+    The shadow section's questions are `ShadowReads` (router.store.shadow_reader).
+    """
 
     def phases(self) -> tuple[int, ...]:
         """Every phase number, ascending."""

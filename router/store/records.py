@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from router.store.schema import EXPOSURES, FEEDBACK, VARIANT_INFO, Table
+from router.store.schema import EXPOSURES, FEEDBACK, SHADOW_CALLS, VARIANT_INFO, Table
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,7 +157,64 @@ class VariantInfo:
         }
 
 
-Record = Exposure | Feedback | VariantInfo
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowCall:
+    """One finished shadow call (success or failure) copying a served live request: a row of `shadow_calls`."""
+
+    table: ClassVar[Table] = SHADOW_CALLS
+    kind: ClassVar[str] = "shadow_call"
+
+    ts: float
+    request_id: str
+    phase: int
+    user_id: str
+    variant: str
+    shadow: str
+    shadow_url: str
+    k: int
+    status: int
+    latency_ms: float
+    wait_ms: float
+    items: tuple[int, ...]
+    error: str | None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "phase": self.phase,
+            "user_id": self.user_id,
+            "variant": self.variant,
+            "shadow": self.shadow,
+            "shadow_url": self.shadow_url,
+            "k": self.k,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "wait_ms": self.wait_ms,
+            "items": orjson.dumps(list(self.items)).decode(),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any]) -> ShadowCall:
+        return cls(
+            ts=float(row["ts"]),
+            request_id=str(row["request_id"]),
+            phase=int(row["phase"]),
+            user_id=str(row["user_id"]),
+            variant=str(row["variant"]),
+            shadow=str(row["shadow"]),
+            shadow_url=str(row["shadow_url"]),
+            k=int(row["k"]),
+            status=int(row["status"]),
+            latency_ms=float(row["latency_ms"]),
+            wait_ms=float(row["wait_ms"]),
+            items=tuple(orjson.loads(row["items"])),
+            error=None if row["error"] is None else str(row["error"]),
+        )
+
+
+Record = Exposure | Feedback | VariantInfo | ShadowCall
 
 #: Every kind of record, for counters that must exist (as 0) before anything is written.
-RECORD_KINDS = (Exposure.kind, Feedback.kind, VariantInfo.kind)
+RECORD_KINDS = (Exposure.kind, Feedback.kind, VariantInfo.kind, ShadowCall.kind)

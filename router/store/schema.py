@@ -19,6 +19,7 @@ Version history:
        was served from the other alone (a degraded interleave); both NULL for every other exposure, so
        version-2 rows need no backfill. Feedback on an interleaved exposure carries the position's team
        as its `variant`.
+    4  shadow_calls: one row per finished shadow call (docs/shadow.md); an additive step, no existing row changes
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -59,6 +60,7 @@ class Column:
 class Index:
     name: str
     columns: tuple[str, ...]
+    unique: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class Table:
         body = ",\n".join(lines)
         statements = [f"-- {self.comment}\nCREATE TABLE IF NOT EXISTS {self.name} (\n{body}\n);"]
         statements += [
-            f"CREATE INDEX IF NOT EXISTS {index.name} ON {self.name} ({', '.join(index.columns)});"
+            f"CREATE {'UNIQUE ' if index.unique else ''}INDEX IF NOT EXISTS {index.name} "
+            f"ON {self.name} ({', '.join(index.columns)});"
             for index in self.indexes
         ]
         return "\n".join(statements)
@@ -209,7 +212,48 @@ VARIANT_INFO = Table(
     primary_key=("phase", "variant"),
 )
 
-TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO)
+SHADOW_CALLS = Table(
+    "shadow_calls",
+    "one row per finished shadow call (success or failure), copying a served live request (docs/shadow.md)",
+    (
+        Column("id", "id", "row number"),
+        Column("ts", "real", "Unix seconds, when the shadow call started"),
+        Column("request_id", "text", "the live exposure's request id (exposures.request_id)"),
+        Column("phase", "integer", "the live exposure's phase"),
+        Column("user_id", "text", "the user"),
+        Column("variant", "text", "the live variant that served the request"),
+        Column("shadow", "text", "the shadow's name"),
+        Column("shadow_url", "text", "the shadow's base URL at the time (a reload may move it within a phase)"),
+        Column("k", "integer", "how many items were asked for (as in the live request)"),
+        Column(
+            "status", "integer", "200, or the error's status: 502/503/504 from the backend, 504 backstop, 500 internal"
+        ),
+        Column("latency_ms", "real", "the shadow call alone (the live exposure's latency_ms is the router's)"),
+        Column("wait_ms", "real", "from the live answer to the start of the call: time in the shadow's queue"),
+        Column("items", "text", "JSON array of the shadow's item ids, best first ('[]' on error)"),
+        Column(
+            "error",
+            "text",
+            "NULL, or the error kind: 'timeout' | 'unavailable' | 'bad_response' | 'internal'",
+            nullable=True,
+        ),
+    ),
+    # One index, unique: a request is in one phase, so this also keeps one row per (request, shadow); the report
+    # reads a shadow's rows of a phase in request-id order through it (a second index would cost every insert).
+    indexes=(Index("shadow_calls_phase_shadow", ("phase", "shadow", "request_id"), unique=True),),
+)
+
+TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS)
+
+
+def _create_statements(table: Table, dialect: Dialect) -> tuple[str, ...]:
+    """The CREATE TABLE and CREATE INDEX statements of one table, one per entry, without their `;` and comment."""
+    statements = []
+    for statement in table.ddl(dialect).split(";\n"):
+        lines = [line for line in statement.strip().rstrip(";").splitlines() if not line.startswith("--")]
+        if lines:
+            statements.append("\n".join(lines))
+    return tuple(statements)
 
 
 @dataclass(frozen=True)
@@ -251,6 +295,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         },
     ),
+    # Shadow traffic: one new table and its indexes, nothing else touched (a self-contained, additive step).
+    Migration(3, {dialect: _create_statements(SHADOW_CALLS, dialect) for dialect in ("sqlite", "postgresql")}),
 )
 
 

@@ -60,7 +60,9 @@ def _table(t: Table) -> str:
     summary = cell(t.comment[0].upper() + t.comment[1:]) + "."
     parts = [f"### `{t.name}`", "", summary, "", table(["column", "type", "NULL", "meaning"], rows)]
     if t.indexes:
-        listed = ", ".join(f"{code(i.name)} ({', '.join(i.columns)})" for i in t.indexes)
+        listed = ", ".join(
+            f"{code(i.name)} ({', '.join(i.columns)}){', unique' if i.unique else ''}" for i in t.indexes
+        )
         parts += ["", f"Indexes: {listed}."]
     return "\n".join(parts)
 

@@ -33,6 +33,7 @@ from router.store.backend import Failure
 from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
+from router.store.sqlite_shadow import SQLiteShadowReads
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,9 @@ class SQLiteBackend:
         return conn
 
 
-class SQLiteSnapshot:
-    """PhaseSnapshot over one read transaction of a SQLite store (see router.store.reader)."""
+class SQLiteSnapshot(SQLiteShadowReads):
+    """PhaseSnapshot over one read transaction of a SQLite store (see router.store.reader; the shadow reads are
+    router.store.sqlite_shadow's)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn

@@ -90,7 +90,7 @@ def test_sustained_load_with_feedback_loses_nothing_and_router_memory_stays_flat
     assert {status for _, status in tally.statuses()} == {200}, "the router answered with an error"
     assert metric(text, "router_backend_errors_total") == 0
     assert len(tally.acked_feedback) == tally.feedback_sent, load.summary()  # every click acknowledged
-    assert counters["lost"] == {"exposure": 0, "feedback": 0, "variant_info": 0}
+    assert counters["lost"] == {"exposure": 0, "feedback": 0, "variant_info": 0, "shadow_call": 0}
     assert counters["errors"] == {}
     assert counters["written"]["exposure"] == tally.answered
     assert counters["written"]["feedback"] == tally.feedback_sent

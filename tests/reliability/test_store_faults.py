@@ -119,7 +119,7 @@ def test_store_locked_by_another_writer_is_retried_and_every_event_is_written_on
             locker.close()
         wait_until(lambda: store_counters(router.url)["pending"] == 0, what="the queue to drain after the lock")
         after = wait_balanced(router.url, traffic)
-    assert after["written"] == {"exposure": 150, "feedback": 150, "variant_info": INFOS}
+    assert after["written"] == {"exposure": 150, "feedback": 150, "variant_info": INFOS, "shadow_call": 0}
     assert sum(after["lost"].values()) == 0
     assert len(traffic.answered) == 150 and len(traffic.clicks) == 150 and not traffic.refused
     assert {r[0] for r in rows(store_path(router), "SELECT request_id FROM exposures")} == set(traffic.answered)
@@ -216,11 +216,17 @@ def test_store_full_or_read_only_keeps_serving_counts_every_event_and_writes_the
         wait_until(lambda: store_counters(url)["pending"] == 0, timeout=15, what="the queue to drain")
         recovered = wait_balanced(url, traffic)
         lost_exposures = recovered["lost"]["exposure"]
-        assert recovered["lost"] == {"exposure": overloaded["lost"]["exposure"], "feedback": 0, "variant_info": 0}
+        assert recovered["lost"] == {
+            "exposure": overloaded["lost"]["exposure"],
+            "feedback": 0,
+            "variant_info": 0,
+            "shadow_call": 0,
+        }
         assert recovered["written"] == {
             "exposure": len(traffic.answered) - lost_exposures,
             "feedback": len(traffic.clicks),
             "variant_info": INFOS,
+            "shadow_call": 0,
         }
     answered, clicks = set(traffic.answered), set(traffic.clicks)
     in_store = {r[0] for r in stored(store, "SELECT request_id FROM exposures")}
@@ -311,7 +317,7 @@ def test_store_file_deleted_or_replaced_while_running_is_an_error_not_a_silent_l
         assert during["written"] == before["written"]  # nothing is claimed written into a file nobody can see
         assert during["pending"] == 40
     stats = store.stats()  # stopped: retried for 1 s, then gave up on the 40 events and counted them
-    assert stats["lost"] == {"exposure": 20, "feedback": 20, "variant_info": 0}
+    assert stats["lost"] == {"exposure": 20, "feedback": 20, "variant_info": 0, "shadow_call": 0}
     assert sum(stats["written"].values()) + sum(stats["lost"].values()) == traffic.recorded()
     on_disk = stored(store, "SELECT COUNT(*) FROM exposures")[0][0] if path_of(store).exists() else 0
     assert on_disk == (20 if how == "replaced" else 0)

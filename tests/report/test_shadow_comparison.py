@@ -412,3 +412,80 @@ def test_compare_lists_never_returns_nan_and_stays_in_bounds(
         assert value == compare.rank_biased_overlap(b, a, p)
         if len(compare.distinct(a)) == len(compare.distinct(b)) and value is not None:
             assert (value == pytest.approx(1.0)) == (compare.distinct(a) == compare.distinct(b))
+
+
+# -- fed in chunks ------------------------------------------------------------------------------------
+
+
+def random_requests(seed: int, requests: int = 300) -> dict[str, Any]:
+    """Requests of 40 users with overlapping lists, some empty or short, clicks, and some missing affinities."""
+    rng = np.random.default_rng(seed)
+    users = [f"u{rng.integers(40)}" for _ in range(requests)]
+    live, shadow, clicked, a_live, a_shadow = [], [], [], [], []
+    for _ in range(requests):
+        pool = rng.permutation(30)
+        live.append([int(x) for x in pool[: rng.integers(0, 12)]])
+        shadow.append([int(x) for x in rng.permutation(pool[:15])[: rng.integers(0, 12)]])
+        clicked.append([int(x) for x in rng.choice(30, size=rng.integers(0, 3), replace=False)])
+        a_live.append(None if rng.random() < 0.1 else float(rng.normal()))
+        a_shadow.append(None if rng.random() < 0.1 else float(rng.normal()))
+    return {"users": users, "live": live, "shadow": shadow, "clicked": clicked, "a_live": a_live, "a_shadow": a_shadow}
+
+
+def approx_measure(measure: Measure) -> Any:
+    """The measure with its numbers compared to 1e-9 (the accumulator sums per user in another order)."""
+    approximate: dict[str, Any] = {
+        name: pytest.approx(getattr(measure, name), rel=1e-9)
+        for name in ("value", "low", "high")
+        if getattr(measure, name) is not None
+    }
+    return dataclasses.replace(measure, **approximate)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_accumulator_equals_compare_lists_and_compare_affinity_over_the_same_requests(seed: int) -> None:
+    data = random_requests(seed)
+    accumulator = compare.ListAccumulator(k=5, persistence=0.8)
+    for user, live, shadow, clicked, a, b in zip(*data.values(), strict=True):
+        accumulator.add(user, live, shadow, clicked, live_affinity=a, shadow_affinity=b, with_affinity=True)
+    expected = compare_lists(data["users"], data["live"], data["shadow"], data["clicked"], k=5, persistence=0.8)
+    found = accumulator.comparison()
+    assert (found.k, found.persistence, found.requests, found.users, found.identical) == (
+        expected.k,
+        expected.persistence,
+        expected.requests,
+        expected.users,
+        expected.identical,
+    )
+    for name in ("jaccard", "rbo", "kendall_tau", "click_coverage"):
+        assert getattr(expected, name) == approx_measure(getattr(found, name)), name
+    affinity = accumulator.affinity()
+    expected_affinity = compare_affinity(data["users"], data["a_live"], data["a_shadow"])
+    assert affinity is not None
+    for name in ("live", "shadow", "difference"):
+        assert getattr(expected_affinity, name) == approx_measure(getattr(affinity, name)), name
+
+
+def test_the_accumulator_says_why_when_there_is_nothing_to_compare() -> None:
+    empty = compare.ListAccumulator()
+    assert empty.comparison() == compare_lists([], [], [], [])
+    assert empty.affinity() is None
+    empty_lists = compare.ListAccumulator()
+    empty_lists.add("u", [], [])
+    assert empty_lists.comparison().jaccard == Measure(None, None, None, 0, 0, 1, "undefined for all 1 requests")
+    assert empty_lists.comparison() == compare_lists(["u"], [[]], [[]], [[]])
+
+
+def test_availability_and_latency_from_aggregates_equal_their_per_call_forms() -> None:
+    rng = np.random.default_rng(5)
+    users = [f"u{rng.integers(30)}" for _ in range(500)]
+    ok = rng.random(500) < 0.9
+    _, codes = np.unique(users, return_inverse=True)
+    per_user = compare.availability_by_user(np.bincount(codes), np.bincount(codes, weights=ok).astype(int))
+    assert per_user == availability(users, ok)
+    live, shadow = rng.lognormal(size=80), rng.lognormal(size=80)
+    quantiles = compare.latency_of_quantiles(
+        tuple(np.percentile(live, [50, 99])), tuple(np.percentile(shadow, [50, 99])), 80, 80
+    )
+    assert quantiles == latency_side_by_side(live, shadow)
+    assert compare.latency_of_quantiles(None, None, 0, 0) == latency_side_by_side([], [])

@@ -269,3 +269,17 @@ def test_effective_weights_give_a_stopped_variants_share_to_the_control() -> Non
 def test_a_bad_analysis_plan_is_refused_with_its_field(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(config_with(**change))
+
+
+def test_a_shadow_is_validated_like_a_variant_and_named_in_the_error() -> None:
+    variants = [{"name": "a", "url": "http://a", "weight": 1}, {"name": "b", "url": "http://b", "weight": 1}]
+    raw = {"experiment": "x", "strategy": "hash", "salt": "s", "variants": variants}
+    config = build_config({**raw, "shadow": [{"name": "c", "url": "http://c:8000/", "fraction": 0.25}]})
+    assert [(s.name, s.base_url, s.fraction) for s in config.shadow] == [("c", "http://c:8000", 0.25)]
+    assert build_config(raw).shadow == ()
+    with pytest.raises(ConfigError, match=r"shadow\.0\.fraction \(shadow 'c'\): Input should be less than"):
+        build_config({**raw, "shadow": [{"name": "c", "url": "http://c", "fraction": 2}]})
+    with pytest.raises(ConfigError, match="has the name of a variant"):
+        build_config({**raw, "shadow": [{"name": "a", "url": "http://c", "fraction": 1}]})
+    with pytest.raises(ConfigError, match="duplicate shadow name 'c'"):
+        build_config({**raw, "shadow": [{"name": "c", "url": "http://c", "fraction": 1}] * 2})

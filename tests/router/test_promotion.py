@@ -124,3 +124,63 @@ def test_a_promotion_whose_remaining_shadows_are_invalid_is_refused() -> None:
     )
     with pytest.raises(PromotionError, match=re.escape("shadow.0.fraction (shadow 'model_d'): Input should be less")):
         promote_shadow(raw, "model_c")
+
+
+# -- the one step: `abtest promote`, then a reload --------------------------------------------------------
+
+
+def test_abtest_promote_rewrites_the_file_atomically_keeps_a_backup_and_says_how_to_apply_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from abtest.cli import main
+
+    path = tmp_path / "experiment.yaml"
+    original = "# our experiment\n" + yaml.safe_dump(config(), sort_keys=False)
+    path.write_text(original)
+    path.chmod(0o640)
+    assert main(["promote", "model_c", "--weight", "20", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "model_c is now a variant with weight 20" in out and "/admin/reload" in out and "kill -HUP" in out
+    assert "new phase" in out
+    assert (tmp_path / "experiment.yaml.bak").read_text() == original  # comments and all
+    promoted = build_config(yaml.safe_load(path.read_text()))
+    assert [(v.name, v.weight) for v in promoted.variants] == [("model_a", 50), ("model_b", 50), ("model_c", 20)]
+    assert promoted.shadow == ()
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_abtest_promote_refuses_what_it_cannot_promote_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from abtest.cli import main
+
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config(), sort_keys=False))
+    before = path.read_text()
+    assert main(["promote", "model_x", "--config", str(path)]) == 2
+    assert "no shadow named 'model_x'" in capsys.readouterr().err
+    assert main(["promote", "model_c", "--weight", "-1", "--config", str(path)]) == 2
+    assert main(["promote", "model_c", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert path.read_text() == before and not (tmp_path / "experiment.yaml.bak").exists()
+
+
+def test_a_promoted_shadow_serves_users_after_a_reload_in_a_new_phase(tmp_path: Path, backends: dict[str, Any]) -> None:
+    from router.promotion import promote_file
+    from tests.router.conftest import experiment, running_router, settings_for
+    from tests.support.fake_model import FakeModelControl, serve_fake_model
+
+    token = "promotion-token"
+    with serve_fake_model("model_c", FakeModelControl()) as url_c:
+        raw = experiment(backends, shadow=[{"name": "model_c", "url": url_c, "fraction": 1.0}])
+        settings = settings_for(tmp_path, raw, admin_token=token)
+        with running_router(settings) as router:
+            before = {router.client.get(f"/recommend/u{n}").headers["X-Variant"] for n in range(60)}
+            promote_file(settings.config_path, "model_c")
+            reloaded = router.client.post("/admin/reload", headers={"Authorization": f"Bearer {token}"}).json()
+            after = {router.client.get(f"/recommend/u{n}").headers["X-Variant"] for n in range(60)}
+            health = router.client.get("/health").json()
+    assert before == {"model_a", "model_b"}
+    assert (reloaded["phase"], reloaded["new_phase"]) == (2, True)
+    assert after == {"model_a", "model_b", "model_c"}  # a third of the users now
+    assert health["shadows"] == {}  # it is a variant now, no longer a shadow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from router.store import Exposure, Feedback, SQLiteBackend, StoreBackend
+from router.store import Exposure, Feedback, ShadowCall, SQLiteBackend, StoreBackend
 
 BackendFactory = Callable[[], StoreBackend]
 
@@ -79,6 +79,32 @@ def feedback_for(seen: Exposure, item: int, *, event: str = "click", value: floa
         event=event,
         value=value,
         attributed_by="request_id",
+    )
+
+
+def shadow_call_for(
+    seen: Exposure,
+    *,
+    shadow: str = "model_c",
+    status: int = 200,
+    items: tuple[int, ...] | None = None,
+    latency_ms: float = 2.0,
+) -> ShadowCall:
+    """The shadow call that copied `seen`: by default the live list reversed, or an error without items."""
+    return ShadowCall(
+        ts=seen.ts + 0.01,
+        request_id=seen.request_id,
+        phase=seen.phase,
+        user_id=seen.user_id,
+        variant=seen.variant,
+        shadow=shadow,
+        shadow_url=f"http://{shadow}:8000",
+        k=seen.k,
+        status=status,
+        latency_ms=latency_ms,
+        wait_ms=0.1,
+        items=(items if items is not None else tuple(reversed(seen.items))) if status == 200 else (),
+        error=None if status == 200 else {502: "bad_response", 503: "unavailable", 504: "timeout"}[status],
     )
 
 

@@ -1,7 +1,8 @@
 """What every outcome store backend must do, stated once and run against each backend (tests/store/conftest.py).
 
 A backend is a StoreBackend (router.store.backend): open or migrate its schema, agree on phases, write a batch
-as one transaction, find exposures, classify its engine's errors, and serve the report a consistent snapshot.
+as one transaction, find exposures, classify its engine's errors, and serve the report a consistent snapshot
+(including the shadow calls' questions, router.store.shadow_reader).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from router.errors import NoDataError
-from router.store import StoreBackend, VariantInfo
-from tests.store.conftest import BackendFactory, exposure, feedback_for, interleaved
+from router.store import Exposure, ShadowCall, StoreBackend, VariantInfo
+from tests.store.conftest import BackendFactory, exposure, feedback_for, interleaved, shadow_call_for
 
 
 @pytest.fixture
@@ -222,3 +223,111 @@ def test_unit_totals_count_requests_slower_than_the_threshold_per_pair(backend: 
     by_user = dict(zip(totals.exposures.tolist(), totals.slow.tolist(), strict=True))  # exposures are distinct
     assert by_user == {4: 2, 2: 0, 1: 1}  # strictly slower than 5.0 ms: equal is not slow
     assert int(none_slow.slow.sum()) == 0
+
+
+# -- shadow calls ---------------------------------------------------------------------------------------------
+
+
+def shadowed_phase(backend: StoreBackend) -> tuple[list[Exposure], list[ShadowCall]]:
+    """Phase 1: 30 answered exposures of 6 users over two variants, each copied to model_c (every 7th fails);
+    plus a failed exposure, an override and a phase-2 exposure, all copied too, none of which may count."""
+    backend.start_phase("rec-ab", "k", {"strategy": "hash"})
+    rng = np.random.default_rng(11)
+    shown = [
+        replace(exposure(n, user=f"u{n % 6}", variant="model_a" if n % 6 < 3 else "model_b"), latency_ms=float(n))
+        for n in range(30)
+    ]
+    calls = [
+        shadow_call_for(seen, status=504 if n % 7 == 3 else 200, latency_ms=float(rng.lognormal()))
+        for n, seen in enumerate(shown)
+    ]
+    others = [
+        exposure(90, user="u1", variant="model_a", status=504),
+        exposure(91, user="u1", variant="model_a", assignment="override"),
+        exposure(92, user="u1", variant="model_a", phase=2),
+    ]
+    feedback = [feedback_for(shown[4], shown[4].items[2]), feedback_for(shown[4], shown[4].items[0])]
+    backend.write([*shown, *others])
+    backend.write([*calls, *(shadow_call_for(seen) for seen in others), *feedback])
+    backend.write([shadow_call_for(shown[0], shadow="model_d")])
+    return shown, calls
+
+
+def test_shadow_calls_are_matched_to_their_answered_selected_live_exposures(backend: StoreBackend) -> None:
+    shown, _ = shadowed_phase(backend)
+    failing = {seen.request_id for n, seen in enumerate(shown) if n % 7 == 3}
+    with backend.snapshot() as snapshot:
+        assert snapshot.shadow_names(1) == ("model_c", "model_d")
+        totals = snapshot.shadow_totals(1, "model_c", assignments=("strategy",))
+        assert set(totals.variants) == {"model_a", "model_b"}
+        assert int(totals.calls.sum()) == 30 and int(totals.succeeded.sum()) == 30 - len(failing)
+        assert np.unique(totals.user).size == 6  # one pair per (user, variant): each user saw one variant
+        a = totals.of("model_a")
+        assert int(totals.calls[a].sum()) == sum(seen.variant == "model_a" for seen in shown)
+        failed_by_variant = {
+            variant: sum(seen.request_id in failing and seen.variant == variant for seen in shown)
+            for variant in ("model_a", "model_b")
+        }
+        assert totals.errors == {v: {"timeout": n} for v, n in failed_by_variant.items() if n}
+        assert totals.unmatched == 2  # the failed exposure and the override (phase 2's call is in phase 2)
+        assert totals.urls == ("http://model_c:8000",)
+        assert snapshot.shadow_totals(2, "model_c", assignments=("strategy",)).calls.tolist() == [1]
+
+
+def test_shadow_latency_quantiles_match_numpy_over_the_pairs(backend: StoreBackend) -> None:
+    shown, calls = shadowed_phase(backend)
+    with backend.snapshot() as snapshot:
+        found = snapshot.shadow_latency(1, "model_c", assignments=("strategy",), quantiles=(0.5, 0.99))
+    assert set(found) == {"model_a", "model_b"}
+    for variant, latency in found.items():
+        both = [
+            (s.latency_ms, c.latency_ms)
+            for s, c in zip(shown, calls, strict=True)
+            if s.variant == variant and c.status == 200
+        ]
+        assert latency.pairs == len(both) > 0
+        assert latency.live == pytest.approx(tuple(np.percentile([live for live, _ in both], [50, 99])))
+        assert latency.shadow == pytest.approx(tuple(np.percentile([shadow for _, shadow in both], [50, 99])))
+
+
+def test_shadow_pairs_come_in_chunks_that_cover_every_answered_pair_once(backend: StoreBackend) -> None:
+    shown, _ = shadowed_phase(backend)
+    chunks = []
+    with backend.snapshot() as snapshot:
+        after = None
+        while chunk := snapshot.shadow_pairs(1, "model_c", assignments=("strategy",), after=after, limit=4):
+            assert len(chunk) <= 4
+            chunks.append(chunk)
+            after = chunk[-1].request_id
+    pairs = [pair for chunk in chunks for pair in chunk]
+    expected = sorted((s for n, s in enumerate(shown) if n % 7 != 3), key=lambda s: s.request_id)
+    assert [p.request_id for p in pairs] == [s.request_id for s in expected]
+    for pair, seen in zip(pairs, expected, strict=True):
+        assert (pair.user_id, pair.variant, pair.live) == (seen.user_id, seen.variant, seen.items)
+        assert pair.shadow == tuple(reversed(seen.items))
+    clicked = {p.request_id: p.clicked for p in pairs if p.clicked}
+    assert clicked == {shown[4].request_id: (shown[4].items[2], shown[4].items[0])}  # in arrival order
+
+
+def test_repeated_lists_pair_each_users_first_two_answers_for_one_k(backend: StoreBackend) -> None:
+    shown, _ = shadowed_phase(backend)
+    with backend.snapshot() as snapshot:
+        repeated = snapshot.repeated_lists(1, "model_a", assignments=("strategy",), limit=100)
+        assert len(snapshot.repeated_lists(1, "model_a", assignments=("strategy",), limit=2)) == 2
+    by_user: dict[str, list[Exposure]] = {}
+    for seen in sorted(shown, key=lambda s: s.ts):
+        if seen.variant == "model_a":
+            by_user.setdefault(seen.user_id, []).append(seen)
+    assert [(r.user_id, r.first, r.second) for r in repeated] == [
+        (user, lists[0].items, lists[1].items) for user, lists in sorted(by_user.items())
+    ]
+
+
+def test_a_second_call_of_one_shadow_for_one_request_is_refused_as_a_poison_row(backend: StoreBackend) -> None:
+    seen = exposure(1)
+    backend.write([seen, shadow_call_for(seen)])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - each engine raises its own error type
+        backend.write([shadow_call_for(seen)])
+    failure = backend.classify(raised.value)
+    assert failure is not None and failure.poison
+    backend.write([shadow_call_for(seen, shadow="model_d")])  # another shadow may copy the same request

@@ -14,7 +14,7 @@ import pytest
 from router.errors import StoreError, StoreOverloadedError
 from router.store import Exposure, OutcomeStore, SQLiteBackend, VariantInfo
 from router.store.schema import SCHEMA_VERSION
-from tests.store.conftest import exposure, feedback_for
+from tests.store.conftest import exposure, feedback_for, shadow_call_for
 
 
 def count(path: Path, table: str) -> int:
@@ -53,7 +53,7 @@ def test_close_writes_every_queued_event(tmp_path: Path) -> None:
     assert count(path_of(store), "exposures") == 1_000
     assert count(path_of(store), "feedback") == 300
     assert count(path_of(store), "variant_info") == 1
-    assert store.stats()["written"] == {"exposure": 1_000, "feedback": 300, "variant_info": 1}
+    assert store.stats()["written"] == {"exposure": 1_000, "feedback": 300, "variant_info": 1, "shadow_call": 0}
 
 
 def test_rows_hold_what_was_recorded(store: OutcomeStore) -> None:
@@ -181,3 +181,34 @@ def test_writes_happen_in_batches_off_the_calling_thread(store: OutcomeStore) ->
         blocker.close()
     assert store.flush(30)
     assert count(path_of(store), "exposures") == 20_000
+
+
+def test_shadow_rows_are_refused_first_so_a_shadow_backlog_never_takes_the_room_of_live_events(
+    tmp_path: Path,
+) -> None:
+    store = sqlite_store(tmp_path / "outcomes.sqlite3", max_pending=20, shadow_headroom=5, busy_timeout_ms=20)
+    store.open()
+    blocker = sqlite3.connect(path_of(store), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer cannot write: the queue only fills
+    try:
+        live = [exposure(n) for n in range(20)]
+        for seen in live[:10]:
+            assert store.record_exposure(seen)
+        shadowed = [store.record_shadow_call(shadow_call_for(seen)) for seen in live[:10]]
+        assert shadowed == [True] * 5 + [False] * 5  # shadow rows stop at max_pending - headroom = 15
+        for seen in live[10:15]:
+            assert store.record_exposure(seen)  # the headroom is the live events'
+        assert store.accepting is False and not store.record_exposure(exposure(99))
+        lost = store.stats()["lost"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.flush(10)
+    store.close()
+    assert lost == {"exposure": 1, "feedback": 0, "variant_info": 0, "shadow_call": 5}
+    assert count(path_of(store), "exposures") == 15 and count(path_of(store), "shadow_calls") == 5
+
+
+def test_shadow_headroom_must_fit_the_queue(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="shadow_headroom"):
+        sqlite_store(tmp_path / "outcomes.sqlite3", max_pending=10, shadow_headroom=11)

@@ -1,4 +1,4 @@
-"""What only the SQLite backend does: WAL, the schema version, migrating a version-1 store, a moved file."""
+"""What only the SQLite backend does: WAL, the schema version, migrating version-1 and -2 stores, a moved file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from router.errors import StoreError, StoreFormatError
 from router.store import SQLiteBackend
-from router.store.schema import SCHEMA_VERSION
+from router.store.schema import SCHEMA_VERSION, SHADOW_CALLS
 from router.store.sqlite import StoreFileMovedError
-from tests.store.conftest import exposure, interleaved
+from tests.store.conftest import exposure, interleaved, shadow_call_for
 
 V1_SCHEMA = Path(__file__).with_name("schema_v1.sql")
 V2_SCHEMA = Path(__file__).with_name("schema_v2.sql")
@@ -95,6 +95,40 @@ def test_a_version_2_store_is_migrated_on_open_and_its_rows_are_not_interleaved(
         assert backend.find_exposure(merged.request_id) == merged
     finally:
         backend.close()
+
+
+def test_a_version_2_store_is_migrated_on_open_with_the_shadow_calls_table(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V2_SCHEMA.read_text(encoding="utf-8"))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        conn.execute("INSERT INTO phases VALUES (1, 'rec-ab', 1.0, 'key', '{}')")
+    old = SQLiteBackend(path)
+    old_exposure = exposure(1)
+    with sqlite3.connect(path) as conn:  # a row written by the version-2 router
+        columns = {k: v for k, v in old_exposure.columns().items() if k not in ("teams", "failed_variant")}
+        conn.execute(
+            f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            tuple(columns.values()),
+        )
+    old.open()
+    try:
+        with sqlite3.connect(path) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            names = tuple(row[1] for row in conn.execute("PRAGMA table_info(shadow_calls)"))
+            indexes = {row[1]: row[2] for row in conn.execute("PRAGMA index_list(shadow_calls)")}
+        assert version == str(SCHEMA_VERSION)
+        assert names == SHADOW_CALLS.column_names
+        assert indexes == {"shadow_calls_phase_shadow": 1}  # name -> unique
+        assert old.find_exposure(old_exposure.request_id) == old_exposure  # existing rows untouched
+        old.write([shadow_call_for(old_exposure)])
+        with old.snapshot() as snapshot:
+            assert snapshot.shadow_names(1) == ("model_c",)
+    finally:
+        old.close()
+    reopened = SQLiteBackend(path)  # opening a current store again changes nothing
+    reopened.open()
+    reopened.close()
 
 
 def test_a_store_newer_than_the_router_is_refused(tmp_path: Path) -> None:
