@@ -88,6 +88,9 @@ class SQLiteBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def probe(self) -> None:
+        """Nothing to reach: open() creates the file, and says what is wrong if it cannot."""
+
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
