@@ -44,6 +44,8 @@ _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
 _CLICKED = (
     "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
 )
+#: Rows fetched at once where a read streams many (the per-pair totals).
+_CHUNK_ROWS = 65_536
 _LATEST_FOR_USER = (
     f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
 )
@@ -318,53 +320,79 @@ class SQLiteSnapshot(SQLiteShadowReads):
         self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
     ) -> UnitTotals:
         column, marks = _group_column(by), _marks(assignments)
+        # Only events attributed to selected exposures get arrays (the pivot below finds the rest all zero).
+        events = tuple(
+            str(row[0])
+            for row in self._conn.execute("SELECT DISTINCT event FROM feedback WHERE phase = ? ORDER BY 1", (phase,))
+        )
         # A latency that is not <= the threshold (greater, or NULL) is slow, as in router.report.guardrails.
         slow = "0" if slow_above_ms is None else "SUM(CASE WHEN e.latency_ms <= ? THEN 0 ELSE 1 END)"
         threshold = () if slow_above_ms is None else (float(slow_above_ms),)
-        rows = self._conn.execute(
-            f"""
-            SELECT e.user_id, e.{column}, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
-                   SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
-            FROM exposures AS e
-            WHERE e.phase = ? AND e.assignment IN ({marks})
-            GROUP BY e.user_id, e.{column}
-            ORDER BY e.{column}, e.user_id
-            """,
-            (*threshold, phase, *assignments),
-        ).fetchall()
-        variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
-        user_codes: dict[str, int] = {}
-        pair_index: dict[tuple[str, str], int] = {}
-        for index, row in enumerate(rows):
-            user_codes.setdefault(row[0], len(user_codes))
-            pair_index[(row[0], row[1])] = index
-        count = len(rows)
-        events: dict[str, NDArray[np.int64]] = {}
-        values: dict[str, NDArray[np.float64]] = {}
-        feedback = self._conn.execute(
-            f"""
-            SELECT e.user_id, e.{column}, f.event, COUNT(*), TOTAL(f.value)
-            FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
-            WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
-            GROUP BY e.user_id, e.{column}, f.event
-            """,
-            (phase, phase, *assignments),
+        pivot = "".join(
+            f", SUM(f.event = ?) AS n{i}, TOTAL(CASE WHEN f.event = ? THEN f.value END) AS s{i}"
+            for i in range(len(events))
         )
-        for user_id, variant, event, n, total in feedback:
-            index = pair_index[(user_id, variant)]
-            events.setdefault(event, np.zeros(count, np.int64))[index] = n
-            values.setdefault(event, np.zeros(count, np.float64))[index] = total
+        picked = "".join(f", COALESCE(fb.n{i}, 0), COALESCE(fb.s{i}, 0.0)" for i in range(len(events)))
+        joined = (
+            f"""LEFT JOIN (SELECT e.user_id, e.{column} AS v {pivot}
+                           FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
+                           WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
+                           GROUP BY e.user_id, e.{column}) AS fb
+                      ON fb.user_id = p.user_id AND fb.v = p.v"""
+            if events
+            else ""
+        )
+        pivot_params = tuple(event for event in events for _ in range(2))
+        feedback_params = (*pivot_params, phase, phase, *assignments) if events else ()
+        # One row per (user, variant) pair in user order (the GROUP BY's own order), streamed in chunks: no
+        # Python object outlives its chunk but the arrays.
+        cursor = self._conn.execute(
+            f"""
+            SELECT p.* {picked} FROM (
+                SELECT e.user_id, e.{column} AS v, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
+                       SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
+                FROM exposures AS e
+                WHERE e.phase = ? AND e.assignment IN ({marks})
+                GROUP BY e.user_id, e.{column}) AS p
+            {joined}
+            ORDER BY p.user_id, p.v
+            """,
+            (*threshold, phase, *assignments, *feedback_params),
+        )
+        variant_codes: dict[str, int] = {}
+        users: list[NDArray[np.int64]] = []
+        variants: list[NDArray[np.int64]] = []
+        numbers: list[NDArray[np.float64]] = []
+        code, previous = -1, None
+        while chunk := cursor.fetchmany(_CHUNK_ROWS):
+            user_codes = np.empty(len(chunk), np.int64)
+            for i, row in enumerate(chunk):
+                if row[0] != previous:
+                    code, previous = code + 1, row[0]
+                user_codes[i] = code
+            users.append(user_codes)
+            variants.append(
+                np.fromiter((variant_codes.setdefault(str(row[1]), len(variant_codes)) for row in chunk), np.int64)
+            )
+            numbers.append(np.array([row[2:] for row in chunk], dtype=np.float64).reshape(len(chunk), -1))
+        width = 5 + 2 * len(events)
+        table = np.concatenate(numbers) if numbers else np.zeros((0, width))
+        counts = np.rint(table[:, [0, 1, 2, 3, 4, *range(5, width, 2)]]).astype(np.int64)
+        event_counts = {event: counts[:, 5 + i] for i, event in enumerate(events) if counts[:, 5 + i].any()}
+        names = sorted(variant_codes)  # codes in first-seen order -> indexes into the sorted names
+        remap = np.array([names.index(name) for name in variant_codes], np.int64)
+        variant = np.concatenate(variants) if variants else np.zeros(0, np.int64)
         return UnitTotals(
-            variants=variants,
-            user=np.fromiter((user_codes[row[0]] for row in rows), np.int64, count),
-            variant=np.fromiter((variants.index(str(row[1])) for row in rows), np.int64, count),
-            exposures=np.fromiter((row[2] for row in rows), np.int64, count),
-            errors=np.fromiter((row[3] for row in rows), np.int64, count),
-            clicked=np.fromiter((row[4] for row in rows), np.int64, count),
-            fallbacks=np.fromiter((row[5] for row in rows), np.int64, count),
-            events=events,
-            values=values,
-            slow=None if slow_above_ms is None else np.fromiter((row[6] for row in rows), np.int64, count),
+            variants=tuple(names),
+            user=np.concatenate(users) if users else np.zeros(0, np.int64),
+            variant=remap[variant] if variant.size else variant,
+            exposures=counts[:, 0],
+            errors=counts[:, 1],
+            clicked=counts[:, 2],
+            fallbacks=counts[:, 3],
+            events=event_counts,
+            values={event: table[:, 6 + 2 * i].copy() for i, event in enumerate(events) if event in event_counts},
+            slow=None if slow_above_ms is None else counts[:, 4],
         )
 
     def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
