@@ -41,7 +41,7 @@ def _bench_models(args: argparse.Namespace) -> None:
 def _bench_store(args: argparse.Namespace) -> None:
     from abtest.bench import store
 
-    store.run(args.results_dir)
+    store.run(args.results_dir, postgres_url=args.store_url)
 
 
 def _bench_router(args: argparse.Namespace) -> None:

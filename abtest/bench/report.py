@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from abtest.bench.store import fresh_postgres_database
 from router.store import backend_for
 from router.store.schema import EXPOSURES, FEEDBACK
 
@@ -135,18 +136,6 @@ def _child(url: str, folder: str) -> None:
     print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}))
 
 
-def _fresh_postgres_url(url: str, name: str) -> str:
-    """A new, empty database next to the one `url` names (dropped first if a previous run left it)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
 def run(
     results_dir: Path, *, sizes: tuple[int, ...] = (1_000_000, 10_000_000), postgres_url: str | None = None
 ) -> list[dict[str, Any]]:
@@ -160,7 +149,7 @@ def run(
                     url = f"sqlite:///{Path(folder) / f'bench-{size}.sqlite3'}"
                 else:
                     assert postgres_url is not None
-                    url = _fresh_postgres_url(postgres_url, f"bench_report_{size}")
+                    url = fresh_postgres_database(postgres_url, f"bench_report_{size}")
                 print(f"report: {backend}, generating {size:,} exposures ...", flush=True)
                 generated = generate(url, size)
                 print(f"report: {backend}, {size:,} exposures generated in {generated:.1f} s; building ...", flush=True)
