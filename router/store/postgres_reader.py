@@ -228,10 +228,10 @@ class PostgresSnapshot(PostgresShadowReads):
         self, phase: int, *, by: GroupBy, assignments: Sequence[str], edges: NDArray[np.float64]
     ) -> Mapping[str, NDArray[np.int64]]:
         column = _group_column(by)
-        inner = [float(edge) for edge in edges[1:-1]]
+        inner = [float(edge) for edge in edges[1:-1]] or [float("inf")]
         # Bin i holds edges[i] <= x < edges[i+1]; the last bin also holds the top edge (numpy's rule), and
         # values outside the range are clipped into the first or last bin.
-        bins = "(SELECT COUNT(*) FROM unnest(%(inner)s::float8[]) AS edge WHERE e.latency_ms >= edge)"
+        bins = "width_bucket(e.latency_ms, %(inner)s::float8[])"  # how many inner edges are <= the latency
         rows = self._rows(
             f"""SELECT e.{column}, {bins} AS bin, COUNT(*) FROM exposures AS e WHERE {_SELECTED}
                 GROUP BY e.{column}, bin""",

@@ -46,6 +46,8 @@ _CLICKED = (
 )
 #: Rows fetched at once where a read streams many (the per-pair totals).
 _CHUNK_ROWS = 65_536
+#: Log-spaced bins per variant in which latency percentiles find their ranks (a few hundred rows each).
+_BINS = 8_192
 _LATEST_FOR_USER = (
     f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
 )
@@ -309,11 +311,13 @@ class SQLiteSnapshot(SQLiteShadowReads):
         return PhaseRecord(int(row[0]), str(row[1]), float(row[2]), str(row[3]), _json_object(row[4], "config"))
 
     def strategies(self, phase: int) -> tuple[str, ...]:
-        sql = "SELECT DISTINCT strategy FROM exposures WHERE phase = ? ORDER BY strategy"
+        sql = "SELECT DISTINCT strategy FROM exposures NOT INDEXED WHERE phase = ? ORDER BY strategy"
         return tuple(str(row[0]) for row in self._conn.execute(sql, (phase,)))
 
     def time_range(self, phase: int) -> tuple[float, float] | None:
-        row = self._conn.execute("SELECT MIN(ts), MAX(ts) FROM exposures WHERE phase = ?", (phase,)).fetchone()
+        row = self._conn.execute(
+            "SELECT MIN(ts), MAX(ts) FROM exposures NOT INDEXED WHERE phase = ?", (phase,)
+        ).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
     def unit_totals(
@@ -351,7 +355,7 @@ class SQLiteSnapshot(SQLiteShadowReads):
             SELECT p.* {picked} FROM (
                 SELECT e.user_id, e.{column} AS v, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
                        SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
-                FROM exposures AS e
+                FROM exposures AS e NOT INDEXED
                 WHERE e.phase = ? AND e.assignment IN ({marks})
                 GROUP BY e.user_id, e.{column}) AS p
             {joined}
@@ -396,7 +400,10 @@ class SQLiteSnapshot(SQLiteShadowReads):
         )
 
     def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = "SELECT assignment, COUNT(*) FROM exposures WHERE phase = ? GROUP BY assignment ORDER BY assignment"
+        sql = (
+            "SELECT assignment, COUNT(*) FROM exposures NOT INDEXED WHERE phase = ? GROUP BY assignment "
+            "ORDER BY assignment"
+        )
         return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
 
     def feedback_by_assignment(self, phase: int) -> Mapping[str, int]:
@@ -416,33 +423,66 @@ class SQLiteSnapshot(SQLiteShadowReads):
     def latency_percentiles(
         self, phase: int, *, by: GroupBy, assignments: Sequence[str], quantiles: Sequence[float]
     ) -> Mapping[str, tuple[float, ...]]:
+        """Exact order statistics in three passes and no sort of the phase: counts and ranges per variant, a
+        histogram over fine log bins, then only the rows of the bins that hold the wanted ranks (numpy's rule)."""
         column, marks = _group_column(by), _marks(assignments)
-        where = f"phase = ? AND assignment IN ({marks}) AND {column} = ?"
-        counts = self._conn.execute(
-            f"SELECT {column}, COUNT(*) FROM exposures WHERE phase = ? AND assignment IN ({marks}) GROUP BY {column}",
-            (phase, *assignments),
+        selected = f"FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN ({marks})"
+        params = (phase, *assignments)
+        spans = self._conn.execute(
+            f"SELECT {column}, COUNT(*), MIN(latency_ms), MAX(latency_ms) {selected} GROUP BY {column}", params
         ).fetchall()
-        result: dict[str, tuple[float, ...]] = {}
-        for variant, n in counts:
-            picked = []
+        if not spans:
+            return {}
+        # bin = floor((ln(1 + x) - ln(1 + min)) * scale), per variant; the same expression in both passes below.
+        scales = {
+            str(v): (math.log1p(low), _BINS / max(math.log1p(high) - math.log1p(low), 1e-12))
+            for v, _, low, high in spans
+        }
+        offset = "CASE " + " ".join(f"WHEN {column} = ? THEN {a!r}" for a, _ in scales.values()) + " END"
+        scale = "CASE " + " ".join(f"WHEN {column} = ? THEN {k!r}" for _, k in scales.values()) + " END"
+        names = tuple(scales)
+        binned = f"MAX(0, MIN(CAST((ln(1.0 + latency_ms) - {offset}) * {scale} AS INTEGER), {_BINS - 1}))"
+        counts = {name: np.zeros(_BINS, np.int64) for name in names}
+        for variant, bin_index, n in self._conn.execute(
+            f"SELECT {column}, {binned} AS bin, COUNT(*) {selected} GROUP BY {column}, bin", (*names, *names, *params)
+        ):
+            counts[str(variant)][int(bin_index)] = n
+        # Which bin holds each wanted rank, and that rank's place inside its bin.
+        wanted: dict[tuple[str, int], list[int]] = {}
+        plans: dict[str, list[tuple[float, tuple[str, int], int, tuple[str, int], int]]] = {}
+        for name, (_, n, _, _) in zip(names, spans, strict=True):
+            ends = np.cumsum(counts[name])
             for q in quantiles:
-                position = q * (n - 1)
+                position = q * (int(n) - 1)
                 low = math.floor(position)
-                pair = [
-                    float(r[0])
-                    for r in self._conn.execute(
-                        f"SELECT latency_ms FROM exposures WHERE {where} ORDER BY latency_ms LIMIT 2 OFFSET ?",
-                        (phase, *assignments, variant, low),
-                    )
-                ]
-                upper = pair[1] if len(pair) > 1 else pair[0]
-                picked.append(pair[0] + (upper - pair[0]) * (position - low))
-            result[str(variant)] = tuple(picked)
+                ranks = (low, min(low + 1, int(n) - 1))
+                places = []
+                for rank in ranks:
+                    bin_index = int(np.searchsorted(ends, rank, side="right"))
+                    before = int(ends[bin_index - 1]) if bin_index else 0
+                    wanted.setdefault((name, bin_index), [])
+                    places.append(((name, bin_index), rank - before))
+                plans.setdefault(name, []).append((position - low, *places[0], *places[1]))
+        condition = " OR ".join(f"({column} = ? AND {binned} = ?)" for _ in wanted)
+        values = [value for (name, bin_index) in wanted for value in (name, *names, *names, bin_index)]
+        for variant, bin_index, latency in self._conn.execute(
+            f"SELECT {column}, {binned}, latency_ms {selected} AND ({condition})",
+            (*names, *names, *params, *values),
+        ):
+            wanted[(str(variant), int(bin_index))].append(latency)
+        ordered = {key: sorted(found) for key, found in wanted.items()}
+        result: dict[str, tuple[float, ...]] = {}
+        for name, steps in plans.items():
+            picked = []
+            for fraction, first_bin, first_place, second_bin, second_place in steps:
+                lower, upper = float(ordered[first_bin][first_place]), float(ordered[second_bin][second_place])
+                picked.append(lower + (upper - lower) * fraction)
+            result[name] = tuple(picked)
         return result
 
     def latency_range(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> tuple[float, float] | None:
         row = self._conn.execute(
-            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures WHERE phase = ? AND assignment IN "
+            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN "
             f"({_marks(assignments)})",
             (phase, *assignments),
         ).fetchone()
@@ -457,7 +497,7 @@ class SQLiteSnapshot(SQLiteShadowReads):
         # values outside the range are clipped into the first or last bin.
         bins = " + ".join(f"(latency_ms >= {edge!r})" for edge in inner) or "0"
         rows = self._conn.execute(
-            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures
+            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures NOT INDEXED
                 WHERE phase = ? AND assignment IN ({_marks(assignments)}) GROUP BY {column}, bin""",
             (phase, *assignments),
         )
@@ -477,7 +517,7 @@ class SQLiteSnapshot(SQLiteShadowReads):
         rows = self._conn.execute(
             f"""
             SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*), SUM({_CLICKED})
-            FROM exposures AS e
+            FROM exposures AS e NOT INDEXED
             WHERE e.phase = ? AND e.assignment IN ({marks})
             GROUP BY e.{column}, bucket
             """,
