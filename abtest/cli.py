@@ -41,7 +41,7 @@ def _bench_models(args: argparse.Namespace) -> None:
 def _bench_store(args: argparse.Namespace) -> None:
     from abtest.bench import store
 
-    store.run(args.results_dir)
+    store.run(args.results_dir, postgres_url=args.store_url)
 
 
 def _bench_router(args: argparse.Namespace) -> None:
@@ -62,6 +62,12 @@ def _bench_shadow(args: argparse.Namespace) -> None:
     shadow.run(args.results_dir, rounds=args.rounds, seconds=args.seconds)
 
 
+def _bench_report(args: argparse.Namespace) -> None:
+    from abtest.bench import report
+
+    report.run(args.results_dir, sizes=tuple(args.sizes), postgres_url=args.store_url)
+
+
 def _bench_sensitivity(args: argparse.Namespace) -> None:
     from abtest.bench import sensitivity
 
@@ -74,6 +80,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
     "router": _bench_router,
     "sensitivity": _bench_sensitivity,
     "shadow": _bench_shadow,
+    "report": _bench_report,
     "bandit": None,
 }
 BENCH_ALL = ("models", "store", "router")
@@ -386,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  abtest bench models               # each model server's cost\n"
             "  abtest bench store                # outcome writes/s; its last step overloads the store on purpose\n"
             "  abtest bench router --rounds 1 --seconds 3 --soak-seconds 0\n"
+            "  abtest bench report --store-url postgresql://postgres@127.0.0.1:5432/postgres   # both backends\n"
             "  abtest bench all"
         ),
     )
@@ -394,13 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*(name for name, run in BENCHES.items() if run is not None), "all"],
         help="models: each model server's cost; router: router vs direct vs nginx (and interleaved); store: "
         "outcome writes/s; sensitivity: users an A/B test and interleaving need to find the better model; "
-        "shadow: what a shadow costs live traffic",
+        "shadow: what a shadow costs live traffic; report: the report's time and memory over 1M and 10M exposures",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
     bench.add_argument("--rounds", type=int, default=3, help="router: alternating rounds per target and level")
     bench.add_argument("--soak-seconds", type=float, default=60.0, help="router: full-load run for the RSS check")
     bench.add_argument(
         "--baseline", type=Path, help="router: also run the router from this checkout (e.g. a git worktree of main)"
+    )
+    bench.add_argument(
+        "--store-url",
+        help="store, report: also measure PostgreSQL; its databases are created next to the one this URL names",
+    )
+    bench.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 10_000_000],
+        help="report: exposures per generated store (ten per user)",
     )
     bench.add_argument("--results-dir", type=Path, default=_results_dir(), help="where the figures go ($RESULTS_DIR)")
     bench.set_defaults(run=_cmd_bench)

@@ -3,7 +3,7 @@
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
 SIGHUP re-reads the config like POST /admin/reload. Exit codes, each with a message that says what is wrong:
 0 after a clean stop; 2 for an invalid experiment config or environment (checked before uvicorn starts,
-logged once, in the format LOG_FORMAT picks);
+logged once, in the format LOG_FORMAT picks), an unknown STORE_URL included, or one where no database answers;
 3 when start-up failed inside the server, e.g. the outcome store cannot be opened.
 """
 
@@ -22,6 +22,7 @@ from router.app import create_app
 from router.config import RouterSettings, load_config
 from router.errors import ConfigError
 from router.logs import LogFormatError, configure_logging
+from router.store import backend_for
 
 log = logging.getLogger("router")
 
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         load_config(settings)  # fail fast, before uvicorn starts
+        backend_for(settings.outcome_store_url).probe()  # an unknown STORE_URL, or nothing listening there
     except ConfigError as exc:
         # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
         log.critical("router not started: %s", exc)

@@ -5,7 +5,9 @@
     data.outcomes.totals.exposures.sum()
 
 The report never sees a row per exposure: the store hands over per (user, variant) totals, percentiles, a
-histogram and a timeline, so the report's memory grows with users, not with traffic. ``read_outcomes`` is the
+histogram and a timeline, so the report's memory grows with users, not with traffic. Each question is a pass
+over the phase's rows in the database, so none is asked twice: users in several variants come from the totals,
+and only a phase that served merged lists is asked for its interleaving totals. ``read_outcomes`` is the
 part the verdicts and guardrails need; the router's guardrail watcher reads only that, every few seconds.
 
 **Intention to treat.** Every randomised exposure (``assignment`` 'strategy' or 'fallback') counts for the
@@ -31,7 +33,7 @@ from router.config import AnalysisPlan, recorded_stops
 from router.errors import NoDataError, StoreFormatError
 from router.report.guardrails import LATENCY_QUANTILE
 from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
-from router.strategies import Unit, unit_of
+from router.strategies import Unit, fan_out_of, unit_of
 
 #: Intention to treat: every randomised exposure, counted for the variant the strategy assigned.
 ANALYSED: tuple[str, ...] = ("strategy", "fallback")
@@ -134,15 +136,35 @@ def read_phase(snapshot: PhaseSnapshot, phase: int | None = None) -> PhaseData:
         last_exposure_at=span[1],
         exposures_by_assignment=snapshot.exposures_by_assignment(number),
         feedback_by_assignment=snapshot.feedback_by_assignment(number),
-        users_in_several_variants=snapshot.users_in_several_variants(number, **selection),
+        users_in_several_variants=several_variants(outcomes.totals),
         latency_percentiles=snapshot.latency_percentiles(number, quantiles=QUANTILES, **selection),
         latency_edges=edges,
         latency_counts={} if edges is None else snapshot.latency_histogram(number, edges=edges, **selection),
         timeline=snapshot.timeline(number, buckets=TIMELINE_POINTS, **selection),
         variant_info=snapshot.variant_info(number),
-        interleaving=snapshot.interleaving_totals(number, assignments=ANALYSED),
+        interleaving=(
+            snapshot.interleaving_totals(number, assignments=ANALYSED)
+            if fans_out(outcomes.phase.config, outcomes.strategy)
+            else InterleavingTotals()
+        ),
         stops_caused=_stops_caused(snapshot, number, phases),
     )
+
+
+def several_variants(totals: UnitTotals) -> int:
+    """Users with pairs in more than one variant: from the totals already read, not another pass over the rows.
+
+    >>> several_variants(UnitTotals(("a", "b"), *(np.array(x) for x in ([0, 0, 1], [0, 1, 1], [1] * 3, [0] * 3,
+    ...                  [0] * 3, [0] * 3))))
+    1
+    """
+    return int(np.count_nonzero(np.bincount(totals.user) > 1)) if totals.user.size else 0
+
+
+def fans_out(config: Mapping[str, Any], strategy: str) -> bool:
+    """Whether the phase served merged lists (interleave): its recorded `fan_out`, else its strategy's."""
+    recorded = config.get("fan_out")
+    return (isinstance(recorded, dict) and isinstance(recorded.get("label"), str)) or fan_out_of(strategy) is not None
 
 
 def plan_of(record: PhaseRecord) -> AnalysisPlan:

@@ -8,19 +8,21 @@
 Modules: ``schema`` (the tables, once), ``records`` (one frozen record per row), ``backend`` (the StoreBackend
 Protocol every engine implements), ``sqlite`` (the embedded default), ``outcomes`` (OutcomeStore: the queue, the
 writer thread, retries, loss counting, the recent index), ``reader`` (the read side the report uses), with
-``shadow_reader`` (its shadow-call questions) and ``sqlite_shadow`` (SQLite's answers to them).
+``shadow_reader`` (its shadow-call questions) and ``sqlite_shadow`` (SQLite's answers to them); ``postgres``
+(the shared store), with ``postgres_reader`` and ``postgres_shadow`` (its answers to the same questions).
 
-Store URLs follow SQLAlchemy's spelling: `sqlite:///relative/path.sqlite3`, `sqlite:////absolute/path.sqlite3`.
+Store URLs follow SQLAlchemy's spelling: `sqlite:///relative/path.sqlite3`, `sqlite:////absolute/path.sqlite3`,
+and libpq's: `postgresql://user:password@host:5432/database` (`postgres://` too; any libpq parameter as a query).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from router.errors import ConfigError
 from router.store.backend import Failure, StoreBackend
 from router.store.outcomes import OutcomeStore, StoreStats
+from router.store.postgres import PostgresBackend, describe_url
 from router.store.reader import InterleavingTotals, PhaseRecord, PhaseSnapshot, Timeline, UnitTotals
 from router.store.records import Exposure, Feedback, Record, ShadowCall, VariantInfo
 from router.store.shadow_reader import PairedLatency, RepeatedList, ShadowPair, ShadowTotals
@@ -39,6 +41,7 @@ __all__ = [
     "PairedLatency",
     "PhaseRecord",
     "PhaseSnapshot",
+    "PostgresBackend",
     "Record",
     "RepeatedList",
     "SQLiteBackend",
@@ -79,17 +82,10 @@ def backend_for(url: str) -> StoreBackend:
                 f"STORE_URL {describe_url(url)!r}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path"
             )
         return SQLiteBackend(Path(url[len(prefix) :]))
-    raise ConfigError(f"STORE_URL {describe_url(url)!r}: unknown store; use sqlite:///path")
-
-
-def describe_url(url: str) -> str:
-    """The URL with any password replaced by '***', for messages and logs.
-
-    >>> describe_url("postgresql://app:s3cret@db:5432/outcomes")
-    'postgresql://app:***@db:5432/outcomes'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if scheme in ("postgresql", "postgres"):
+        if not url.lower().startswith(f"{scheme}://"):
+            raise ConfigError(f"STORE_URL {describe_url(url)!r}: a PostgreSQL URL is postgresql://user@host:5432/db")
+        return PostgresBackend(url)
+    raise ConfigError(
+        f"STORE_URL {describe_url(url)!r}: unknown store; use sqlite:///path or postgresql://user@host:5432/database"
+    )

@@ -43,6 +43,10 @@ class StoreBackend(Protocol):
     def description(self) -> str:
         """Where the store is, for messages and logs (never with a password)."""
 
+    def probe(self) -> None:
+        """Before serving: raise ConfigError if the store cannot be reached at all (nothing listens at the URL,
+        an unknown host, refused credentials), which no retry would mend. A file store has nothing to reach."""
+
     def open(self) -> None:
         """Create the schema, or migrate an older one; raise StoreError saying what is wrong and where."""
 

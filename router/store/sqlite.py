@@ -44,6 +44,10 @@ _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
 _CLICKED = (
     "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
 )
+#: Rows fetched at once where a read streams many (the per-pair totals).
+_CHUNK_ROWS = 65_536
+#: Log-spaced bins per variant in which latency percentiles find their ranks (a few hundred rows each).
+_BINS = 8_192
 _LATEST_FOR_USER = (
     f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
 )
@@ -87,6 +91,9 @@ class SQLiteBackend:
         return f"sqlite:///{self.path}"
 
     # -- lifecycle ---------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Nothing to reach: open() creates the file, and says what is wrong if it cannot."""
 
     def open(self) -> None:
         try:
@@ -304,68 +311,99 @@ class SQLiteSnapshot(SQLiteShadowReads):
         return PhaseRecord(int(row[0]), str(row[1]), float(row[2]), str(row[3]), _json_object(row[4], "config"))
 
     def strategies(self, phase: int) -> tuple[str, ...]:
-        sql = "SELECT DISTINCT strategy FROM exposures WHERE phase = ? ORDER BY strategy"
+        sql = "SELECT DISTINCT strategy FROM exposures NOT INDEXED WHERE phase = ? ORDER BY strategy"
         return tuple(str(row[0]) for row in self._conn.execute(sql, (phase,)))
 
     def time_range(self, phase: int) -> tuple[float, float] | None:
-        row = self._conn.execute("SELECT MIN(ts), MAX(ts) FROM exposures WHERE phase = ?", (phase,)).fetchone()
+        row = self._conn.execute(
+            "SELECT MIN(ts), MAX(ts) FROM exposures NOT INDEXED WHERE phase = ?", (phase,)
+        ).fetchone()
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
     def unit_totals(
         self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
     ) -> UnitTotals:
         column, marks = _group_column(by), _marks(assignments)
+        # Only events attributed to selected exposures get arrays (the pivot below finds the rest all zero).
+        events = tuple(
+            str(row[0])
+            for row in self._conn.execute("SELECT DISTINCT event FROM feedback WHERE phase = ? ORDER BY 1", (phase,))
+        )
         # A latency that is not <= the threshold (greater, or NULL) is slow, as in router.report.guardrails.
         slow = "0" if slow_above_ms is None else "SUM(CASE WHEN e.latency_ms <= ? THEN 0 ELSE 1 END)"
         threshold = () if slow_above_ms is None else (float(slow_above_ms),)
-        rows = self._conn.execute(
-            f"""
-            SELECT e.user_id, e.{column}, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
-                   SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
-            FROM exposures AS e
-            WHERE e.phase = ? AND e.assignment IN ({marks})
-            GROUP BY e.user_id, e.{column}
-            ORDER BY e.{column}, e.user_id
-            """,
-            (*threshold, phase, *assignments),
-        ).fetchall()
-        variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
-        user_codes: dict[str, int] = {}
-        pair_index: dict[tuple[str, str], int] = {}
-        for index, row in enumerate(rows):
-            user_codes.setdefault(row[0], len(user_codes))
-            pair_index[(row[0], row[1])] = index
-        count = len(rows)
-        events: dict[str, NDArray[np.int64]] = {}
-        values: dict[str, NDArray[np.float64]] = {}
-        feedback = self._conn.execute(
-            f"""
-            SELECT e.user_id, e.{column}, f.event, COUNT(*), TOTAL(f.value)
-            FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
-            WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
-            GROUP BY e.user_id, e.{column}, f.event
-            """,
-            (phase, phase, *assignments),
+        pivot = "".join(
+            f", SUM(f.event = ?) AS n{i}, TOTAL(CASE WHEN f.event = ? THEN f.value END) AS s{i}"
+            for i in range(len(events))
         )
-        for user_id, variant, event, n, total in feedback:
-            index = pair_index[(user_id, variant)]
-            events.setdefault(event, np.zeros(count, np.int64))[index] = n
-            values.setdefault(event, np.zeros(count, np.float64))[index] = total
+        picked = "".join(f", COALESCE(fb.n{i}, 0), COALESCE(fb.s{i}, 0.0)" for i in range(len(events)))
+        joined = (
+            f"""LEFT JOIN (SELECT e.user_id, e.{column} AS v {pivot}
+                           FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
+                           WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
+                           GROUP BY e.user_id, e.{column}) AS fb
+                      ON fb.user_id = p.user_id AND fb.v = p.v"""
+            if events
+            else ""
+        )
+        pivot_params = tuple(event for event in events for _ in range(2))
+        feedback_params = (*pivot_params, phase, phase, *assignments) if events else ()
+        # One row per (user, variant) pair in user order (the GROUP BY's own order), streamed in chunks: no
+        # Python object outlives its chunk but the arrays.
+        cursor = self._conn.execute(
+            f"""
+            SELECT p.* {picked} FROM (
+                SELECT e.user_id, e.{column} AS v, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
+                       SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
+                FROM exposures AS e NOT INDEXED
+                WHERE e.phase = ? AND e.assignment IN ({marks})
+                GROUP BY e.user_id, e.{column}) AS p
+            {joined}
+            ORDER BY p.user_id, p.v
+            """,
+            (*threshold, phase, *assignments, *feedback_params),
+        )
+        variant_codes: dict[str, int] = {}
+        users: list[NDArray[np.int64]] = []
+        variants: list[NDArray[np.int64]] = []
+        numbers: list[NDArray[np.float64]] = []
+        code, previous = -1, None
+        while chunk := cursor.fetchmany(_CHUNK_ROWS):
+            user_codes = np.empty(len(chunk), np.int64)
+            for i, row in enumerate(chunk):
+                if row[0] != previous:
+                    code, previous = code + 1, row[0]
+                user_codes[i] = code
+            users.append(user_codes)
+            variants.append(
+                np.fromiter((variant_codes.setdefault(str(row[1]), len(variant_codes)) for row in chunk), np.int64)
+            )
+            numbers.append(np.array([row[2:] for row in chunk], dtype=np.float64).reshape(len(chunk), -1))
+        width = 5 + 2 * len(events)
+        table = np.concatenate(numbers) if numbers else np.zeros((0, width))
+        counts = np.rint(table[:, [0, 1, 2, 3, 4, *range(5, width, 2)]]).astype(np.int64)
+        event_counts = {event: counts[:, 5 + i] for i, event in enumerate(events) if counts[:, 5 + i].any()}
+        names = sorted(variant_codes)  # codes in first-seen order -> indexes into the sorted names
+        remap = np.array([names.index(name) for name in variant_codes], np.int64)
+        variant = np.concatenate(variants) if variants else np.zeros(0, np.int64)
         return UnitTotals(
-            variants=variants,
-            user=np.fromiter((user_codes[row[0]] for row in rows), np.int64, count),
-            variant=np.fromiter((variants.index(str(row[1])) for row in rows), np.int64, count),
-            exposures=np.fromiter((row[2] for row in rows), np.int64, count),
-            errors=np.fromiter((row[3] for row in rows), np.int64, count),
-            clicked=np.fromiter((row[4] for row in rows), np.int64, count),
-            fallbacks=np.fromiter((row[5] for row in rows), np.int64, count),
-            events=events,
-            values=values,
-            slow=None if slow_above_ms is None else np.fromiter((row[6] for row in rows), np.int64, count),
+            variants=tuple(names),
+            user=np.concatenate(users) if users else np.zeros(0, np.int64),
+            variant=remap[variant] if variant.size else variant,
+            exposures=counts[:, 0],
+            errors=counts[:, 1],
+            clicked=counts[:, 2],
+            fallbacks=counts[:, 3],
+            events=event_counts,
+            values={event: table[:, 6 + 2 * i].copy() for i, event in enumerate(events) if event in event_counts},
+            slow=None if slow_above_ms is None else counts[:, 4],
         )
 
     def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = "SELECT assignment, COUNT(*) FROM exposures WHERE phase = ? GROUP BY assignment ORDER BY assignment"
+        sql = (
+            "SELECT assignment, COUNT(*) FROM exposures NOT INDEXED WHERE phase = ? GROUP BY assignment "
+            "ORDER BY assignment"
+        )
         return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
 
     def feedback_by_assignment(self, phase: int) -> Mapping[str, int]:
@@ -385,33 +423,66 @@ class SQLiteSnapshot(SQLiteShadowReads):
     def latency_percentiles(
         self, phase: int, *, by: GroupBy, assignments: Sequence[str], quantiles: Sequence[float]
     ) -> Mapping[str, tuple[float, ...]]:
+        """Exact order statistics in three passes and no sort of the phase: counts and ranges per variant, a
+        histogram over fine log bins, then only the rows of the bins that hold the wanted ranks (numpy's rule)."""
         column, marks = _group_column(by), _marks(assignments)
-        where = f"phase = ? AND assignment IN ({marks}) AND {column} = ?"
-        counts = self._conn.execute(
-            f"SELECT {column}, COUNT(*) FROM exposures WHERE phase = ? AND assignment IN ({marks}) GROUP BY {column}",
-            (phase, *assignments),
+        selected = f"FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN ({marks})"
+        params = (phase, *assignments)
+        spans = self._conn.execute(
+            f"SELECT {column}, COUNT(*), MIN(latency_ms), MAX(latency_ms) {selected} GROUP BY {column}", params
         ).fetchall()
-        result: dict[str, tuple[float, ...]] = {}
-        for variant, n in counts:
-            picked = []
+        if not spans:
+            return {}
+        # bin = floor((ln(1 + x) - ln(1 + min)) * scale), per variant; the same expression in both passes below.
+        scales = {
+            str(v): (math.log1p(low), _BINS / max(math.log1p(high) - math.log1p(low), 1e-12))
+            for v, _, low, high in spans
+        }
+        offset = "CASE " + " ".join(f"WHEN {column} = ? THEN {a!r}" for a, _ in scales.values()) + " END"
+        scale = "CASE " + " ".join(f"WHEN {column} = ? THEN {k!r}" for _, k in scales.values()) + " END"
+        names = tuple(scales)
+        binned = f"MAX(0, MIN(CAST((ln(1.0 + latency_ms) - {offset}) * {scale} AS INTEGER), {_BINS - 1}))"
+        counts = {name: np.zeros(_BINS, np.int64) for name in names}
+        for variant, bin_index, n in self._conn.execute(
+            f"SELECT {column}, {binned} AS bin, COUNT(*) {selected} GROUP BY {column}, bin", (*names, *names, *params)
+        ):
+            counts[str(variant)][int(bin_index)] = n
+        # Which bin holds each wanted rank, and that rank's place inside its bin.
+        wanted: dict[tuple[str, int], list[int]] = {}
+        plans: dict[str, list[tuple[float, tuple[str, int], int, tuple[str, int], int]]] = {}
+        for name, (_, n, _, _) in zip(names, spans, strict=True):
+            ends = np.cumsum(counts[name])
             for q in quantiles:
-                position = q * (n - 1)
+                position = q * (int(n) - 1)
                 low = math.floor(position)
-                pair = [
-                    float(r[0])
-                    for r in self._conn.execute(
-                        f"SELECT latency_ms FROM exposures WHERE {where} ORDER BY latency_ms LIMIT 2 OFFSET ?",
-                        (phase, *assignments, variant, low),
-                    )
-                ]
-                upper = pair[1] if len(pair) > 1 else pair[0]
-                picked.append(pair[0] + (upper - pair[0]) * (position - low))
-            result[str(variant)] = tuple(picked)
+                ranks = (low, min(low + 1, int(n) - 1))
+                places = []
+                for rank in ranks:
+                    bin_index = int(np.searchsorted(ends, rank, side="right"))
+                    before = int(ends[bin_index - 1]) if bin_index else 0
+                    wanted.setdefault((name, bin_index), [])
+                    places.append(((name, bin_index), rank - before))
+                plans.setdefault(name, []).append((position - low, *places[0], *places[1]))
+        condition = " OR ".join(f"({column} = ? AND {binned} = ?)" for _ in wanted)
+        values = [value for (name, bin_index) in wanted for value in (name, *names, *names, bin_index)]
+        for variant, bin_index, latency in self._conn.execute(
+            f"SELECT {column}, {binned}, latency_ms {selected} AND ({condition})",
+            (*names, *names, *params, *values),
+        ):
+            wanted[(str(variant), int(bin_index))].append(latency)
+        ordered = {key: sorted(found) for key, found in wanted.items()}
+        result: dict[str, tuple[float, ...]] = {}
+        for name, steps in plans.items():
+            picked = []
+            for fraction, first_bin, first_place, second_bin, second_place in steps:
+                lower, upper = float(ordered[first_bin][first_place]), float(ordered[second_bin][second_place])
+                picked.append(lower + (upper - lower) * fraction)
+            result[name] = tuple(picked)
         return result
 
     def latency_range(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> tuple[float, float] | None:
         row = self._conn.execute(
-            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures WHERE phase = ? AND assignment IN "
+            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN "
             f"({_marks(assignments)})",
             (phase, *assignments),
         ).fetchone()
@@ -426,7 +497,7 @@ class SQLiteSnapshot(SQLiteShadowReads):
         # values outside the range are clipped into the first or last bin.
         bins = " + ".join(f"(latency_ms >= {edge!r})" for edge in inner) or "0"
         rows = self._conn.execute(
-            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures
+            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures NOT INDEXED
                 WHERE phase = ? AND assignment IN ({_marks(assignments)}) GROUP BY {column}, bin""",
             (phase, *assignments),
         )
@@ -446,7 +517,7 @@ class SQLiteSnapshot(SQLiteShadowReads):
         rows = self._conn.execute(
             f"""
             SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*), SUM({_CLICKED})
-            FROM exposures AS e
+            FROM exposures AS e NOT INDEXED
             WHERE e.phase = ? AND e.assignment IN ({marks})
             GROUP BY e.{column}, bucket
             """,

@@ -1,6 +1,7 @@
 """Store fixtures: records built by keyword, and the backends every contract test runs against.
 
-A new backend joins the contract suite by adding its factory to BACKENDS (PostgreSQL: a real server).
+A new backend joins the contract suite as a parameter of `new_backend`. PostgreSQL runs on a real server
+(tests/support/postgres.py), a fresh database per store; without PostgreSQL 15 those tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from router.store import Exposure, Feedback, ShadowCall, SQLiteBackend, StoreBackend
+from router.store import Exposure, Feedback, PostgresBackend, ShadowCall, SQLiteBackend, StoreBackend
+from tests.support.postgres import PostgresCluster
 
 BackendFactory = Callable[[], StoreBackend]
 
@@ -113,13 +115,26 @@ def sqlite_backend(tmp_path: Path) -> BackendFactory:
     return lambda: SQLiteBackend(tmp_path / f"store-{next(counter)}" / "outcomes.sqlite3", busy_timeout_ms=50)
 
 
-@pytest.fixture(params=["sqlite"])
+def postgres_backend(cluster: PostgresCluster) -> BackendFactory:
+    """Each call: a backend over a new, empty database on the session's server."""
+    cluster.ensure_running()
+    return lambda: PostgresBackend(cluster.create_database(), connect_timeout=5.0)
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=BACKENDS)
 def new_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendFactory]:
     """A factory of fresh, unopened backends of one kind (each call: a new, empty store)."""
     opened: list[StoreBackend] = []
+    if request.param == "postgresql":
+        factory = postgres_backend(request.getfixturevalue("postgres"))
+    else:
+        factory = sqlite_backend(tmp_path)
 
     def make() -> StoreBackend:
-        backend = sqlite_backend(tmp_path)()
+        backend = factory()
         opened.append(backend)
         return backend
 

@@ -120,6 +120,26 @@ def test_latency_percentiles_match_numpy(backend: StoreBackend) -> None:
         assert counts["model_a"].tolist() == np.histogram([r.latency_ms for r in rows], bins=edges)[0].tolist()
 
 
+def test_latency_percentiles_match_numpy_with_ties_zeros_and_a_long_tail(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {})
+    rng = np.random.default_rng(5)
+    latencies = np.concatenate(
+        [rng.lognormal(1.5, 0.4, 3_000), np.zeros(40), np.full(500, 7.25), rng.pareto(1.1, 400) * 100 + 1]
+    )
+    rng.shuffle(latencies)
+    rows = [
+        replace(exposure(n, variant="model_a" if n % 3 else "model_b"), latency_ms=float(x))
+        for n, x in enumerate(latencies)
+    ]
+    backend.write(rows)
+    quantiles = (0.0, 0.001, 0.5, 0.95, 0.99, 0.9999, 1.0)
+    with backend.snapshot() as snapshot:
+        found = snapshot.latency_percentiles(1, by="variant", assignments=("strategy",), quantiles=quantiles)
+    for variant in ("model_a", "model_b"):
+        mine = [r.latency_ms for r in rows if r.variant == variant]
+        assert found[variant] == pytest.approx(tuple(np.quantile(mine, quantiles)), rel=1e-12)
+
+
 def test_timeline_is_cumulative(backend: StoreBackend) -> None:
     backend.start_phase("rec-ab", "k", {})
     shown = [exposure(n, variant="model_a", ts=1000.0 + n) for n in range(10)]
