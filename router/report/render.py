@@ -32,6 +32,7 @@ from router.report.document import (
     Scale,
 )
 from router.report.interleaving import SEQUENTIAL_METHOD, format_delta
+from router.report.load import PhaseList
 from router.report.shadow_render import shadow_blocks
 from router.report.stats import Estimate
 from router.report.verdict import format_effect, format_p, format_pp, format_value
@@ -79,6 +80,32 @@ def report_to_json(report: Report) -> dict[str, Any]:
     data = _finite(dataclasses.asdict(report))
     assert isinstance(data, dict)
     return {"report_version": JSON_VERSION, **data}
+
+
+def report_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON Schema of `report_to_json`'s output, from the Report dataclasses (for /results in OpenAPI).
+
+    Every number may be null (non-finite values are written as null); `report_version` is added.
+    """
+    from pydantic import TypeAdapter
+
+    schema: dict[str, Any] = _nullable_numbers(
+        TypeAdapter(Report).json_schema(mode="serialization", ref_template=ref_template)
+    )
+    schema["properties"] = {"report_version": {"const": JSON_VERSION}, **schema["properties"]}
+    schema["required"] = ["report_version", *schema.get("required", [])]
+    return schema
+
+
+def _nullable_numbers(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_nullable_numbers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: _nullable_numbers(value) for key, value in schema.items()}
+    if result.get("type") == "number":
+        result["type"] = ["number", "null"]
+    return result
 
 
 def _finite(value: Any) -> Any:
@@ -619,6 +646,48 @@ th { background: #f3f3f3; }
 #plots figure { margin: 1rem 0; }
 #plots svg { max-width: 100%; height: auto; }
 """
+
+
+def render_no_data_html(found: PhaseList, detail: str) -> str:
+    """The page /report answers before a phase has data: what is happening, and links to the phases that have it.
+
+    It reloads itself every few seconds, so a page left open turns into the report once traffic arrives.
+    """
+    record = found.phase
+    if record is not None:
+        title = f"A/B results: {record.experiment}, phase {record.phase}: no data yet"
+        what = (
+            f"Phase {record.phase} of experiment <strong>{html.escape(record.experiment)}</strong> started "
+            f"{_when(record.started_at)} and has no exposures yet: a new phase starts when a reload or a "
+            "guardrail changes who sees which variant, and its report begins with its first request."
+        )
+    else:
+        title = "A/B results: no data yet"
+        what = html.escape(detail[0].upper() + detail[1:]) + "."
+    earlier = found.earlier_with_data()
+    links = "".join(f'<li><a href="?phase={n}">phase {n}</a></li>' for n in reversed(found.with_data))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="refresh" content="{NO_DATA_REFRESH_SECONDS}">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p id="no-data">{what}</p>',
+        f"<p>This page reloads itself every {NO_DATA_REFRESH_SECONDS} s; the report appears once traffic arrives.</p>",
+    ]
+    if earlier is not None:
+        parts.append(
+            f'<p id="previous-phase">Previous phase with data: <a href="?phase={earlier}">phase {earlier}</a>.</p>'
+        )
+    if links:
+        parts.append(f'<nav id="phases" aria-label="phases"><p>Phases with data:</p><ul>{links}</ul></nav>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+#: The no-data page reloads itself this often.
+NO_DATA_REFRESH_SECONDS = 10
 
 
 def render_html(report: Report) -> str:
