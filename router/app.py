@@ -374,7 +374,7 @@ def _render_report(store: OutcomeStore, phase: int | None, form: str) -> tuple[i
     except (ReportError, StoreError) as exc:
         return error_triple(exc)
     if form == "html":
-        return 200, report.render_html(built).encode(), HTML
+        return 200, report.render_html(built, live=True).encode(), HTML
     return 200, orjson.dumps(report.report_to_json(built)), "application/json"
 
 
