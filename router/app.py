@@ -58,6 +58,7 @@ from router.responses import (
     error_response,
     internal_error_response,
     recommend_response,
+    redact_paths,
 )
 from router.service import FeedbackIn, RouterService
 from router.store import OutcomeStore
@@ -370,7 +371,12 @@ def _render_report(store: OutcomeStore, phase: int | None, form: str) -> tuple[i
     except NoDataError as exc:
         if form != "html":
             return error_triple(exc)
-        return exc.status_code, report.render_no_data_html(report.list_phases(store, phase), exc.detail).encode(), HTML
+        try:
+            found = report.list_phases(store, phase)
+        except (ReportError, StoreError):  # the page still says what is missing, without the links
+            found = report.PhaseList(None, (), ())
+        page = report.render_no_data_html(found, redact_paths(exc.detail))
+        return exc.status_code, page.encode(), HTML
     except (ReportError, StoreError) as exc:
         return error_triple(exc)
     if form == "html":

@@ -116,10 +116,12 @@ README_SIMULATE = "abtest simulate --url http://localhost:8080 --users 400 --req
 
 
 def readme_block(after: str) -> str:
-    """The first fenced block of README.md after the line holding `after`."""
+    """The content of the first fenced block of README.md after the text `after`."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     rest = text[text.index(after) + len(after) :]
-    return rest.split("```\n", 2)[1].split("\n```", 1)[0] if rest.lstrip().startswith("```") else ""
+    opening = rest.index("```")
+    body = rest[rest.index("\n", opening) + 1 :]
+    return body[: body.index("```")].rstrip("\n")
 
 
 def untimed(text: str) -> str:
