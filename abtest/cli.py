@@ -1,9 +1,10 @@
-"""`abtest`: the project's one command line - up, train, simulate, report, bench.
+"""`abtest`: the project's one command line - up, train, simulate, report, export, bench.
 
 abtest up                                  # the whole stack as local processes (router on :8080)
 abtest train model_a                       # train and save an artefact, with offline metrics
 abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7
 abtest report [--results-dir DIR] [--phase N] [--truth [SPEC]]
+abtest export [--phase N] [--format csv|parquet] [--out DIR]             # a phase's rows for notebooks
 abtest promote model_c [--weight W] [--config router/experiment.yaml]   # a shadow becomes a variant
 abtest bench models|router|store|sensitivity|shadow|all
 
@@ -20,15 +21,19 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from abtest.processes import ServiceError
 from recsys.data import DataError
 from recsys.logs import round_floats
 from recsys.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir, trainer
 
-#: Names kept for commands that are coming (`abtest export`: a phase as CSV/Parquet). Registering one is
-#: `commands.add_parser(name, ...)` in build_parser; until then they answer with a clear "not yet".
-RESERVED_COMMANDS = ("export",)
+if TYPE_CHECKING:
+    from router.report.load import SnapshotSource
+
+#: Names kept for commands that are coming. Registering one is `commands.add_parser(name, ...)` in build_parser;
+#: until then they answer with a clear "not yet".
+RESERVED_COMMANDS: tuple[str, ...] = ()
 
 
 #: Benchmarks by name; the names reserved for coming ones (None) answer with a clear "not yet".
@@ -208,8 +213,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             truth_name=None if truth is None else truth.description,
         )
     except NoDataError as exc:
-        hint = "" if args.phase is not None else "; an earlier phase may have data: --phase N"
-        print(f"abtest report: {describe_url(url)}: {exc}{hint}", file=sys.stderr)
+        print(f"abtest report: {describe_url(url)}: {exc}{_phase_hint(backend_for(url), args.phase)}", file=sys.stderr)
         return 1
     except (ConfigError, ReportError, StoreError) as exc:
         print(f"abtest report: {describe_url(url)}: {exc}", file=sys.stderr)
@@ -218,6 +222,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(markdown.read_text(encoding="utf-8"), end="")
     print("written: " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+def _phase_hint(store: SnapshotSource, phase: int | None) -> str:
+    """'; phase 1 has data: abtest report --phase 1' when an earlier phase (or, for a missing one, any) has data."""
+    from router.report import list_phases
+
+    earlier = list_phases(store, phase).earlier_with_data()
+    return "" if earlier is None else f"; phase {earlier} has data: abtest report --phase {earlier}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from abtest.export import ExportError, export_phase
+    from router.errors import ConfigError, ReportError, StoreError
+    from router.store import backend_for, default_store_url, describe_url
+
+    url = os.environ.get("STORE_URL") or default_store_url(args.results_dir)
+    out = args.out or args.results_dir / "export"
+    try:
+        written = export_phase(backend_for(url), out, args.phase, formats=args.format)
+    except (ConfigError, ExportError, ReportError, StoreError) as exc:
+        print(f"abtest export: {describe_url(url)}: {exc}", file=sys.stderr)
+        return 2
+    for table, (path_list, rows) in written.items():
+        print(f"{table}: {rows:,} rows -> {', '.join(str(path) for path in path_list)}")
     return 0
 
 
@@ -370,6 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulation: score shadow vs live lists by this data set's ground truth ($ABTEST_DATA by default)",
     )
     report.set_defaults(run=_cmd_report)
+
+    export = _add_command(
+        commands,
+        "export",
+        help_text="write a phase's exposures and feedback as CSV and Parquet files, for notebooks",
+        examples=(
+            "  abtest export                         # the latest phase into results/export/\n"
+            "  abtest export --phase 1 --format parquet --out /tmp/ab\n"
+            "  python -c \"import pandas; print(pandas.read_parquet('results/export/exposures-phase-1.parquet'))\""
+        ),
+    )
+    export.add_argument(
+        "--results-dir", type=Path, default=_results_dir(), help="where outcomes.sqlite3 is ($RESULTS_DIR)"
+    )
+    export.add_argument("--phase", type=int, help="which phase (default: the latest)")
+    export.add_argument(
+        "--format",
+        choices=["csv", "parquet"],
+        action="append",
+        help="csv and/or parquet (repeat the option; default: both); columns: docs/export.md",
+    )
+    export.add_argument("--out", type=Path, help="output folder (default: RESULTS_DIR/export)")
+    export.set_defaults(run=_cmd_export)
 
     promote = _add_command(
         commands,

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -37,7 +38,8 @@ from abtest.processes import ServiceError, python_module, start_service, stop_se
 from recsys.data import canonical_spec
 from recsys.training import MODEL_NAMES, is_trained, train_and_save, trainer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "router" / "experiment.yaml"
+#: The experiment file the router package ships (package data), wherever the package is installed.
+DEFAULT_CONFIG = Path(str(files("router") / "experiment.yaml"))
 _COLOURS = {"model_a": "\033[36m", "model_b": "\033[35m", "router": "\033[33m"}
 #: Signals that stop the stack; SIGHUP is forwarded to the router instead.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)

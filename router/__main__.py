@@ -55,10 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
         log.critical("router not started: %s", exc)
         return 2
+    try:
+        app = create_app(settings, handle_sighup=True)
+    except ConfigError as exc:  # e.g. a STORE_URL no backend understands
+        log.critical("router not started: %s", exc)
+        return 2
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, handle_sighup=True),
+            app,
             host=args.host,
             port=args.port,
             loop="uvloop",

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -33,19 +34,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.contract import MAX_K
 from recsys.params import TopK, UserId
+from recsys.web import serve_docs_offline
 from router.config import VARIANT_NAME_PATTERN, RouterSettings
 from router.errors import (
     AdminDisabledError,
     AdminForbiddenError,
     AdminUnauthorizedError,
     ConfigError,
+    NoDataError,
     ReportError,
     RequestRefusedError,
     RouterError,
     StoreError,
 )
 from router.fastpath import RecommendFastPath
-from router.responses import as_response, error_response, internal_error_response, recommend_response
+from router.responses import (
+    ErrorAnswer,
+    FeedbackAccepted,
+    RecommendationAnswer,
+    ReloadAnswer,
+    ResumeAnswer,
+    as_response,
+    error_response,
+    internal_error_response,
+    recommend_response,
+    redact_paths,
+)
 from router.service import FeedbackIn, RouterService
 from router.store import OutcomeStore
 
@@ -114,6 +128,8 @@ def create_app(
         description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
         lifespan=lifespan,
     )
+    serve_docs_offline(app)  # /docs and /redoc from the app's own assets (the fast path passes /docs-assets on)
+    app.openapi = lambda: _openapi_with_report(app)  # type: ignore[method-assign]
     app.state.service = service  # inert until the lifespan starts it; routes added later can use it
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
@@ -134,11 +150,13 @@ def create_app(
         summary="Recommendations for a user from the variant the experiment assigns",
         responses={
             200: {
-                "description": "The backend's answer plus `variant` and `request_id`; headers X-Variant, X-Request-ID"
+                "model": RecommendationAnswer,
+                "description": "The backend's answer plus `variant` and `request_id`; headers X-Variant, X-Request-ID",
             },
-            502: {"description": "The variant's backend answered badly"},
-            503: {"description": "The variant's backend is unreachable"},
-            504: {"description": "The variant's backend did not answer in time"},
+            422: {"model": ErrorAnswer, "description": "Invalid user id or k, or an unknown QA override"},
+            502: {"model": ErrorAnswer, "description": "The variant's backend answered badly"},
+            503: {"model": ErrorAnswer, "description": "The variant's backend is unreachable"},
+            504: {"model": ErrorAnswer, "description": "The variant's backend did not answer in time"},
         },
     )
     async def recommend(request: Request, user_id: UserId, k: TopK = 10) -> Response:
@@ -150,7 +168,18 @@ def create_app(
             response.background = BackgroundTask(service.submit_shadows_later, answer.shadow_jobs)
         return response
 
-    @app.post("/feedback", status_code=202, summary="Report an outcome (click, watch, rating, ...) for an exposure")
+    @app.post(
+        "/feedback",
+        status_code=202,
+        summary="Report an outcome (click, watch, rating, ...) for an exposure",
+        responses={
+            202: {"model": FeedbackAccepted, "description": "Attributed to an exposure and queued for the store"},
+            404: {"model": ErrorAnswer, "description": "No exposure has this request id (or the user none this phase)"},
+            409: {"model": ErrorAnswer, "description": "The exposure was an error: nothing was shown"},
+            422: {"model": ErrorAnswer, "description": "Invalid body, or the request id was served to another user"},
+            503: {"model": ErrorAnswer, "description": "The outcome store is overloaded or failing: retry"},
+        },
+    )
     async def feedback(event: FeedbackIn) -> Response:
         accepted = await service.feedback(event)
         return json_response(
@@ -172,7 +201,14 @@ def create_app(
 
     @app.get("/config", summary="The live experiment config")
     async def config() -> Response:
-        return json_response(service.describe())
+        return json_response(public_config())
+
+    def public_config() -> dict[str, Any]:
+        """service.describe() with the config file named, not located (no answer reveals a server path)."""
+        described = service.describe()
+        if "config_path" in described:
+            described["config_path"] = Path(str(described["config_path"])).name
+        return described
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -200,15 +236,59 @@ def create_app(
         headers = {"Cache-Control": f"max-age={REPORT_MAX_AGE:.0f}"}
         return Response(cached[1], media_type=cached[2], headers=headers)
 
-    @app.get("/results", summary="The A/B results of a phase (latest by default) as JSON")
+    report_errors: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorAnswer, "description": "No store yet, no such phase, or the phase has no exposures yet"},
+        500: {"model": ErrorAnswer, "description": "The store holds something the report cannot read"},
+        503: {"model": ErrorAnswer, "description": "The outcome store cannot be read"},
+    }
+
+    @app.get(
+        "/results",
+        summary="The A/B results of a phase (latest by default) as JSON",
+        responses={
+            200: {
+                "description": "The report (docs/report.md explains every field); non-finite numbers are null",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}},
+            },
+            **report_errors,
+        },
+    )
     async def results(phase: Phase = None) -> Response:
         return await report_response(phase, "json")
 
-    @app.get("/report", summary="The A/B results report of a phase (latest by default) as a self-contained HTML page")
+    @app.get(
+        "/report",
+        summary="The A/B results report of a phase (latest by default) as a self-contained HTML page",
+        responses={
+            200: {"description": "The report page", "content": {"text/html": {"schema": {"type": "string"}}}},
+            404: {
+                "description": "No data yet: a page that says why and links to the phases that have data",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            500: report_errors[500],
+            503: report_errors[503],
+        },
+    )
     async def report(phase: Phase = None) -> Response:
         return await report_response(phase, "html")
 
-    @app.post("/admin/reload", dependencies=[Depends(require_admin)], summary="Re-read and apply the config file")
+    admin_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorAnswer, "description": "No bearer token"},
+        403: {"model": ErrorAnswer, "description": "A wrong token, or admin endpoints are disabled"},
+    }
+
+    @app.post(
+        "/admin/reload",
+        dependencies=[Depends(require_admin)],
+        summary="Re-read and apply the config file",
+        responses={
+            200: {"model": ReloadAnswer, "description": "The new config is live"},
+            **admin_errors,
+            400: {"model": ErrorAnswer, "description": "The file is missing, unreadable or not a YAML mapping"},
+            422: {"model": ErrorAnswer, "description": "The config is invalid (the old one keeps serving)"},
+            503: {"model": ErrorAnswer, "description": "The new phase could not be recorded in the store"},
+        },
+    )
     async def reload() -> Response:
         result = await service.reload()
         return json_response(
@@ -217,7 +297,7 @@ def create_app(
                 "phase": result.phase,
                 "new_phase": result.new_phase,
                 "previous_phase": result.previous_phase,
-                "config": service.describe(),
+                "config": public_config(),
             }
         )
 
@@ -225,7 +305,12 @@ def create_app(
         "/admin/resume/{variant}",
         dependencies=[Depends(require_admin)],
         summary="Give a variant stopped by a guardrail its configured weight back (a new phase)",
-        responses={409: {"description": "The variant is not stopped"}},
+        responses={
+            200: {"model": ResumeAnswer, "description": "The variant has its weight back, in a new phase"},
+            **admin_errors,
+            409: {"model": ErrorAnswer, "description": "The variant is not stopped"},
+            422: {"model": ErrorAnswer, "description": "No such variant"},
+        },
     )
     async def resume(variant: VariantName) -> Response:
         result = await service.resume(variant)
@@ -235,7 +320,7 @@ def create_app(
                 "variant": variant,
                 "phase": result.phase,
                 "previous_phase": result.previous_phase,
-                "config": service.describe(),
+                "config": public_config(),
             }
         )
 
@@ -244,6 +329,33 @@ def create_app(
 
 #: Seconds a built report is served again before it is rebuilt.
 REPORT_MAX_AGE = 5.0
+HTML = "text/html; charset=utf-8"
+
+
+def error_triple(exc: RouterError) -> tuple[int, bytes, str]:
+    """(status, JSON body, media type) of an error, as router.responses builds it (paths redacted)."""
+    status, _, body = error_response(exc)
+    return status, body, "application/json"
+
+
+def _openapi_with_report(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document plus the schema of /results' report (from its dataclasses, built on first use).
+
+    Built lazily: the report's modules (pandas, matplotlib) stay unloaded until someone asks for the document.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    from router.report import report_json_schema
+
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema = report_json_schema("#/components/schemas/{model}")
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs", {}))
+    components["Report"] = schema
+    app.openapi_schema = document
+    return document
 
 
 def _render_report(store: OutcomeStore, phase: int | None, form: str) -> tuple[int, bytes, str]:
@@ -256,10 +368,19 @@ def _render_report(store: OutcomeStore, phase: int | None, form: str) -> tuple[i
 
     try:
         built = report.build_report(store, phase)
+    except NoDataError as exc:
+        if form != "html":
+            return error_triple(exc)
+        try:
+            found = report.list_phases(store, phase)
+        except (ReportError, StoreError):  # the page still says what is missing, without the links
+            found = report.PhaseList(None, (), ())
+        page = report.render_no_data_html(found, redact_paths(exc.detail))
+        return exc.status_code, page.encode(), HTML
     except (ReportError, StoreError) as exc:
-        return exc.status_code, orjson.dumps(exc.body()), "application/json"
+        return error_triple(exc)
     if form == "html":
-        return 200, report.render_html(built).encode(), "text/html; charset=utf-8"
+        return 200, report.render_html(built, live=True).encode(), HTML
     return 200, orjson.dumps(report.report_to_json(built)), "application/json"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -35,9 +36,12 @@ def simulated(stack_config: StackConfig) -> tuple[SimulationSummary, dict[str, i
     logs = io.StringIO()
     stack: RunningStack
     with running_stack(stack_config, out=logs) as stack:
-        summary = run_simulation(
-            SimulationConfig(url=stack_config.router_url, users=400, requests=3000, concurrency=8, seed=11)
+        summary = run_simulation(  # README_SIMULATE
+            SimulationConfig(
+                url=stack_config.router_url, users=400, requests=3000, concurrency=8, seed=11, progress=False
+            )
         )
+    print(summary.text())
     codes = {name: process.returncode for name, process in stack.processes.items()}
     return summary, codes
 
@@ -105,3 +109,43 @@ def test_router_refuses_traffic_after_the_stack_stopped(
 ) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(stack_config.router_url + "/health", timeout=2)
+
+
+#: What README.md's "Use it" section documents, line by line: the simulate command is this test's `simulated`.
+README_SIMULATE = "abtest simulate --url http://localhost:8080 --users 400 --requests 3000 --concurrency 8 --seed 11"
+
+
+def readme_block(after: str) -> str:
+    """The content of the first fenced block of README.md after the text `after`."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rest = text[text.index(after) + len(after) :]
+    opening = rest.index("```")
+    body = rest[rest.index("\n", opening) + 1 :]
+    return body[: body.index("```")].rstrip("\n")
+
+
+def untimed(text: str) -> str:
+    """The summary without what depends on the machine: the elapsed time and the request rate."""
+    return re.sub(r"in [\d.]+s \(\d+ req/s", "in <t>s (<n> req/s", text)
+
+
+def test_readme_shows_what_the_documented_simulate_command_prints(
+    simulated: tuple[SimulationSummary, dict[str, int]],
+) -> None:
+    summary, _ = simulated
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert README_SIMULATE in readme  # the command the README documents is the one run here
+    assert untimed(readme_block("It prints what it sent and what came back")) == untimed(summary.text())
+
+
+def test_readme_verdict_is_what_the_report_of_that_run_says(
+    simulated: tuple[SimulationSummary, dict[str, int]], stack_config: StackConfig
+) -> None:
+    write_reports_in(stack_config.results_dir)
+    markdown = (stack_config.results_dir / "report.md").read_text()
+    section = re.search(r"^## Verdict.*?\n\n(?:- .*\n)+", markdown, re.MULTILINE)
+    assert section is not None, markdown
+    assert (
+        readme_block("For the run above, the verdict section of `abtest report` reads")
+        == section.group(0).replace("\n\n", "\n").strip()
+    )

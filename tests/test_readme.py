@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.router.conftest import (  # the fake model servers, for the feedback snippet
+    Backend,
+    backend_servers,  # noqa: F401
+    backends,  # noqa: F401
+    experiment,
+    running_router,
+    settings_for,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -105,3 +116,44 @@ def test_every_repository_path_named_in_code_exists(page: Path) -> None:
     )
     missing = sorted({path for path in named if not (REPO / path).exists()})
     assert not missing, f"{page.relative_to(REPO).as_posix()} names paths that do not exist: {missing}"
+
+
+def readme_shell_block(containing: str) -> str:
+    """The fenced sh block of README.md that contains `containing`."""
+    blocks: list[str] = re.findall(
+        r"^```sh[ \t]*\n(.*?)^```", README.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL
+    )
+    return next(block for block in blocks if containing in block)
+
+
+def test_readme_recommend_example_shows_the_variant_the_default_config_gives_user_42() -> None:
+    from router.config import RouterSettings, load_config
+    from router.strategies import HashStrategy, bucket_ranges
+
+    config = load_config(RouterSettings(config_path=REPO / "router" / "experiment.yaml"))
+    assert config.strategy == "hash"
+    variant = HashStrategy(bucket_ranges(list(config.weights)), salt=config.salt).assign("42").variant
+    example = readme_shell_block("/recommend/42")
+    assert re.findall(r"X-Variant: (\w+)", example) == [variant]
+    assert set(re.findall(r'"(?:model|variant)":"(\w+)"', example)) == {variant}
+
+
+def test_readme_feedback_snippet_sends_the_request_id_of_the_answer_it_got(
+    tmp_path: Path,
+    backends: dict[str, Backend],  # noqa: F811
+) -> None:
+    """The README's two lines, run by a shell against a real router: the click is accepted for that exposure."""
+    example = readme_shell_block("/feedback")
+    lines = example.splitlines()
+    snippet = "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("answer=")) :])
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        script = snippet.replace("http://localhost:8080", router.url)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False)
+        rows = router.rows(
+            "SELECT e.request_id, e.items, f.item_id FROM feedback f JOIN exposures e USING (request_id)"
+        )
+    assert done.returncode == 0, done.stderr
+    accepted = json.loads(done.stdout)
+    assert accepted["status"] == "accepted" and accepted["attributed_by"] == "request_id"
+    assert len(rows) == 1 and rows[0][0] == accepted["request_id"]
+    assert rows[0][2] == json.loads(rows[0][1])[0]  # the first item of the list that user was shown

@@ -21,18 +21,28 @@ from pathlib import Path
 from router.errors import NoDataError, ReportError, StoreFormatError
 from router.report.build import build_report
 from router.report.document import Report
-from router.report.load import SnapshotSource
-from router.report.render import render_html, render_markdown, report_to_json
+from router.report.load import PhaseList, SnapshotSource, list_phases
+from router.report.render import (
+    render_html,
+    render_markdown,
+    render_no_data_html,
+    report_json_schema,
+    report_to_json,
+)
 from router.report.shadow_section import ListAffinity
 
 __all__ = [
     "NoDataError",
+    "PhaseList",
     "Report",
     "ReportError",
     "StoreFormatError",
     "build_report",
+    "list_phases",
     "render_html",
     "render_markdown",
+    "render_no_data_html",
+    "report_json_schema",
     "report_to_json",
     "write_reports",
 ]

@@ -518,13 +518,20 @@ def _stops(records: Sequence[Mapping[str, Any]], control: str) -> list[Stop]:
 
 
 def _timeline(name: str, series: Timeline | None, started_at: float) -> TimelineSeries:
-    """Cumulative CTR at the end of each time bucket that has seen an exposure of the variant."""
+    """Cumulative CTR at the end of each time bucket in which the variant had exposures (none: no point)."""
     if series is None:
         return TimelineSeries(name, (), ())
-    seen = series.exposures > 0
+    seen = np.diff(series.exposures, prepend=0) > 0
     minutes = (series.ends[seen] - started_at) / 60.0
     ctr = series.clicked[seen] / series.exposures[seen]
-    return TimelineSeries(name, tuple(float(m) for m in minutes), tuple(float(c) for c in ctr))
+    width = float(np.min(np.diff(series.ends))) / 60.0 if len(series.ends) > 1 else 0.0
+    return TimelineSeries(
+        name,
+        tuple(float(m) for m in minutes),
+        tuple(float(c) for c in ctr),
+        tuple(int(n) for n in series.exposures[seen]),
+        width,
+    )
 
 
 def _latency_histogram(data: PhaseData, names: Sequence[str]) -> LatencyHistogram | None:

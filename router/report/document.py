@@ -213,8 +213,12 @@ class TimelineSeries:
 
     variant: str
     minutes: tuple[float, ...]
-    """Minutes since the phase started."""
+    """Minutes since the phase started, at the end of each time bucket in which the variant had exposures."""
     ctr: tuple[float, ...]
+    exposures: tuple[int, ...] = ()
+    """Cumulative exposures at each point (what the chart's confidence band is computed from)."""
+    bucket_minutes: float = 0.0
+    """The width of a time bucket: points further apart than this have a stretch without traffic between them."""
 
 
 @dataclass(frozen=True)

@@ -259,3 +259,32 @@ def latency_edges(fastest: float, slowest: float) -> NDArray[np.float64]:
     if high < 2 * low:  # (nearly) constant latencies: widen so the axis shows whole decades, not 5.01e0
         low, high = low / 1.5, high * 1.5
     return np.geomspace(low, high, LATENCY_BINS + 1)
+
+
+@dataclass(frozen=True)
+class PhaseList:
+    """What a store holds, for the pages that say "no data yet": the phase asked for and the phases with data."""
+
+    phase: PhaseRecord | None
+    """The phase asked for (the latest when none was named), None if the store has no such phase."""
+    phases: tuple[int, ...]
+    with_data: tuple[int, ...]
+    """The phases that have at least one exposure."""
+
+    def earlier_with_data(self) -> int | None:
+        """The latest phase with data before the one asked for (or the latest with data if it does not exist)."""
+        before = [n for n in self.with_data if self.phase is None or n < self.phase.phase]
+        return before[-1] if before else None
+
+
+def list_phases(store: SnapshotSource, phase: int | None = None) -> PhaseList:
+    """The store's phases and which hold exposures; an empty list when there is no store (or no phase) yet."""
+    try:
+        with store.snapshot() as snapshot:
+            phases = snapshot.phases()
+            with_data = tuple(n for n in phases if snapshot.time_range(n) is not None)
+            chosen = phases[-1] if phases and phase is None else phase
+            record = snapshot.phase(chosen) if chosen in phases else None
+    except NoDataError:
+        return PhaseList(None, (), ())
+    return PhaseList(record, phases, with_data)

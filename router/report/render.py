@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -30,8 +31,11 @@ from router.report.document import (
     PlanProgress,
     Report,
     Scale,
+    TimelineSeries,
+    TreatmentResult,
 )
 from router.report.interleaving import SEQUENTIAL_METHOD, format_delta
+from router.report.load import PhaseList
 from router.report.shadow_render import shadow_blocks
 from router.report.stats import Estimate
 from router.report.verdict import format_effect, format_p, format_pp, format_value
@@ -79,6 +83,32 @@ def report_to_json(report: Report) -> dict[str, Any]:
     data = _finite(dataclasses.asdict(report))
     assert isinstance(data, dict)
     return {"report_version": JSON_VERSION, **data}
+
+
+def report_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON Schema of `report_to_json`'s output, from the Report dataclasses (for /results in OpenAPI).
+
+    Every number may be null (non-finite values are written as null); `report_version` is added.
+    """
+    from pydantic import TypeAdapter
+
+    schema: dict[str, Any] = _nullable_numbers(
+        TypeAdapter(Report).json_schema(mode="serialization", ref_template=ref_template)
+    )
+    schema["properties"] = {"report_version": {"const": JSON_VERSION}, **schema["properties"]}
+    schema["required"] = ["report_version", *schema.get("required", [])]
+    return schema
+
+
+def _nullable_numbers(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_nullable_numbers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: _nullable_numbers(value) for key, value in schema.items()}
+    if result.get("type") == "number":
+        result["type"] = ["number", "null"]
+    return result
 
 
 def _finite(value: Any) -> Any:
@@ -617,12 +647,73 @@ th { background: #f3f3f3; }
 .alert { background: #b00020; color: #fff; padding: 1rem; font-size: 1.15rem; font-weight: bold; border-radius: 4px; }
 #verdict li { font-size: 1.05rem; margin: .3rem 0; }
 #plots figure { margin: 1rem 0; }
-#plots svg { max-width: 100%; height: auto; }
+#plots svg { width: 100%; height: auto; display: block; }
+#outcome { margin: 1rem 0 1.5rem; }
+.outcome { border-left: .5rem solid; border-radius: 4px; padding: .75rem 1rem; margin: .5rem 0; }
+.outcome h2 { margin: 0 0 .25rem; font-size: 1.3rem; }
+.outcome p { margin: .25rem 0; }
+.outcome .numbers { font-variant-numeric: tabular-nums; font-size: 1.05rem; }
+.outcome-win { background: #e8f5e9; border-color: #2e7d32; }
+.outcome-win h2 { color: #1b5e20; }
+.outcome-loss { background: #fdecea; border-color: #c62828; }
+.outcome-loss h2 { color: #b71c1c; }
+.outcome-inconclusive { background: #f1f3f5; border-color: #78909c; }
+.outcome-inconclusive h2 { color: #37474f; }
+.outcome-withheld { background: #fff4e5; border-color: #ef6c00; }
+.outcome-withheld h2 { color: #e65100; }
+#phase-nav { font-size: 14px; margin: .25rem 0 1rem; }
+#phase-nav a, #phase-nav span { margin-right: .6rem; }
+#phase-nav [aria-current] { font-weight: bold; }
 """
 
 
-def render_html(report: Report) -> str:
-    """A self-contained HTML page: inline CSS and SVG plots, no scripts, no external assets."""
+def render_no_data_html(found: PhaseList, detail: str) -> str:
+    """The page /report answers before a phase has data: what is happening, and links to the phases that have it.
+
+    It reloads itself every few seconds, so a page left open turns into the report once traffic arrives.
+    """
+    record = found.phase
+    if record is not None:
+        title = f"A/B results: {record.experiment}, phase {record.phase}: no data yet"
+        what = (
+            f"Phase {record.phase} of experiment <strong>{html.escape(record.experiment)}</strong> started "
+            f"{_when(record.started_at)} and has no exposures yet: a new phase starts when a reload or a "
+            "guardrail changes who sees which variant, and its report begins with its first request."
+        )
+    else:
+        title = "A/B results: no data yet"
+        what = html.escape(detail[0].upper() + detail[1:]) + "."
+    earlier = found.earlier_with_data()
+    links = "".join(f'<li><a href="?phase={n}">phase {n}</a></li>' for n in reversed(found.with_data))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="refresh" content="{NO_DATA_REFRESH_SECONDS}">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p id="no-data">{what}</p>',
+        f"<p>This page reloads itself every {NO_DATA_REFRESH_SECONDS} s; the report appears once traffic arrives.</p>",
+    ]
+    if earlier is not None:
+        parts.append(
+            f'<p id="previous-phase">Previous phase with data: <a href="?phase={earlier}">phase {earlier}</a>.</p>'
+        )
+    if links:
+        parts.append(f'<nav id="phases" aria-label="phases"><p>Phases with data:</p><ul>{links}</ul></nav>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+#: The no-data page reloads itself this often.
+NO_DATA_REFRESH_SECONDS = 10
+
+
+def render_html(report: Report, *, live: bool = False) -> str:
+    """A self-contained HTML page: inline CSS and SVG plots, no scripts, no external assets.
+
+    The outcome comes first, coloured by what it is; `live` (the router's /report) links the other phases.
+    """
     title = _title(report)
     parts = [
         "<!DOCTYPE html>",
@@ -630,11 +721,14 @@ def render_html(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        _phase_nav(report, live),
     ]
-    parts += [f"<p>{_inline(line)}</p>" for line in _header_lines(report)]
     banner = _srm_banner(report)
     if banner:
         parts.append(f'<div class="alert" id="srm-alert" role="alert">{html.escape(banner)}</div>')
+    if report.interleaving is None and report.comparisons:
+        parts.append(_outcome_cards(report))
+    parts += [f"<p>{_inline(line)}</p>" for line in _header_lines(report)]
     for section in sections(report):
         parts.append(f'<section id="{section.anchor}"><h2>{html.escape(section.title)}</h2>')
         if section.anchor in BULLETED:
@@ -648,6 +742,61 @@ def render_html(report: Report) -> str:
             parts.append(_plots_section(report))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+Outcome = str  # 'win' | 'loss' | 'inconclusive' | 'withheld'
+OUTCOME_LABELS = {
+    "win": "{treatment} wins",
+    "loss": "{treatment} loses",
+    "inconclusive": "No difference shown yet",
+    "withheld": "Verdict withheld",
+}
+
+
+def outcome_of(report: Report, comparison: TreatmentResult) -> Outcome:
+    """What a comparison's verdict says, for its colour: the treatment won, lost, nothing yet, or withheld."""
+    if report.verdict_withheld:
+        return "withheld"
+    if comparison.stopped is not None:
+        return "loss"
+    difference = comparison.ctr.difference
+    if comparison.significant and difference is not None:
+        return "win" if difference.value > 0 else "loss"
+    return "inconclusive"
+
+
+def _outcome_cards(report: Report) -> str:
+    cards = []
+    for c in report.comparisons:
+        outcome = outcome_of(report, c)
+        label = OUTCOME_LABELS[outcome].format(treatment=c.treatment)
+        numbers = (
+            f"CTR {html.escape(c.control)} {_scaled(c.ctr.control, c.ctr.scale)} vs {html.escape(c.treatment)} "
+            f"{_scaled(c.ctr.treatment, c.ctr.scale)}"
+        )
+        if c.ctr.difference is not None:
+            numbers += f"; difference {_difference(c.ctr.difference, c.ctr.scale)}"
+        if c.ctr.p_value is not None:
+            numbers += f", {format_p(c.ctr.p_value)}"
+        cards.append(
+            f'<div class="outcome outcome-{outcome}" data-outcome="{outcome}">'
+            f"<h2>{html.escape(label)}: {html.escape(c.treatment)} vs {html.escape(c.control)}</h2>"
+            f'<p class="sentence">{_inline(c.verdict)}</p><p class="numbers">{numbers}</p></div>'
+        )
+    return '<section id="outcome" aria-label="outcome">' + "".join(cards) + "</section>"
+
+
+def _phase_nav(report: Report, live: bool) -> str:
+    """Every phase of the store; live, each is a link to its report (`?phase=N`)."""
+    items = []
+    for number in report.phases:
+        if number == report.phase:
+            items.append(f'<span aria-current="page">phase {number}</span>')
+        elif live:
+            items.append(f'<a href="?phase={number}">phase {number}</a>')
+        else:
+            items.append(f"<span>phase {number}</span>")
+    return f'<nav id="phase-nav" aria-label="phases">Phases: {"".join(items)}</nav>'
 
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -703,8 +852,9 @@ def _colour(index: int) -> str:
 
 
 def _metrics_figure(report: Report) -> Figure:
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
-    axes = figure.subplots(1, 2)
+    """CTR and conversion per variant with their intervals, on one percentage axis from zero (shares are >= 0)."""
+    figure = Figure(figsize=(12, 3.6), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
     for ax, label, metric in (
         (axes[0], "CTR per exposure (%)", "ctr"),
         (axes[1], "conversion per user (%)", "conversion"),
@@ -719,29 +869,72 @@ def _metrics_figure(report: Report) -> Figure:
             ax.errorbar([i], [estimate.value * 100], yerr=[[below], [above]], fmt="o", capsize=6, color=_colour(i))
         ax.set_xticks(range(len(report.variants)), [v.name for v in report.variants])
         ax.set_xlim(-0.5, len(report.variants) - 0.5)
-        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=11)
         ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("% (95% interval)" if report.analysis.alpha == 0.05 else "% (interval)")
+    axes[0].set_ylim(bottom=0)
     return figure
 
 
 def _timeline_figure(report: Report) -> Figure:
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    """Cumulative CTR per variant with a 95% band, from the first exposure on, broken where traffic stopped.
+
+    The band is binomial per exposure (cumulative clicked / exposures): a guide to how settled the line is,
+    narrower than the user-clustered intervals of the tables and the verdict, which are the ones to quote.
+    """
+    figure = Figure(figsize=(12, 3.6), layout="constrained")
     ax = figure.subplots()
-    drawn = False
+    starts = []
     for i, series in enumerate(report.timeline):
-        if series.minutes:
-            ax.plot(series.minutes, [c * 100 for c in series.ctr], color=_colour(i), label=series.variant)
-            drawn = True
-    if drawn:
+        if not series.minutes:
+            continue
+        for run, (minutes, ctr, exposures) in enumerate(timeline_runs(series)):
+            ax.plot(minutes, [c * 100 for c in ctr], color=_colour(i), label=None if run else series.variant)
+            if exposures:
+                half = [1.96 * math.sqrt(max(c * (1 - c), 0.0) / n) * 100 for c, n in zip(ctr, exposures, strict=True)]
+                low = [max(c * 100 - h, 0.0) for c, h in zip(ctr, half, strict=True)]
+                high = [min(c * 100 + h, 100.0) for c, h in zip(ctr, half, strict=True)]
+                ax.fill_between(minutes, low, high, color=_colour(i), alpha=0.15, linewidth=0)
+            starts.append(minutes[0])
+    if starts:
         ax.legend(loc="best")
-    ax.set_xlabel("minutes since the phase started")
-    ax.set_ylabel("cumulative CTR (%)")
+        ax.set_xlim(left=min(starts))
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("minutes since the phase started (from its first exposure)")
+    ax.set_ylabel("cumulative CTR (%, 95% band)")
     ax.grid(alpha=0.3)
     return figure
 
 
+def timeline_runs(series: TimelineSeries) -> list[tuple[list[float], list[float], list[int]]]:
+    """The series cut where traffic stopped: each run is drawn as its own line, none across the gap.
+
+    A gap is a stretch without exposures longer than 3 time buckets and than 5 times the series' usual
+    (median) spacing: evenly sparse traffic that skips buckets is no gap, a pause of the traffic is.
+
+    >>> [r[0] for r in timeline_runs(TimelineSeries("a", (1.0, 2.0, 3.0, 4.0, 19.0), (0.1,) * 5, (), 1.0))]
+    [[1.0, 2.0, 3.0, 4.0], [19.0]]
+    >>> [r[0] for r in timeline_runs(TimelineSeries("a", (1.0, 11.0, 21.0, 31.0), (0.1,) * 4, (), 1.0))]
+    [[1.0, 11.0, 21.0, 31.0]]
+    """
+    steps = sorted(b - a for a, b in itertools.pairwise(series.minutes))
+    usual = steps[len(steps) // 2] if steps else 0.0
+    gap = max(3 * series.bucket_minutes, 5 * usual) if series.bucket_minutes > 0 else math.inf
+    runs: list[tuple[list[float], list[float], list[int]]] = []
+    exposures = series.exposures or (0,) * len(series.minutes)
+    previous = None
+    for minute, ctr, count in zip(series.minutes, series.ctr, exposures, strict=True):
+        if previous is None or minute - previous > gap:
+            runs.append(([], [], []))
+        runs[-1][0].append(minute)
+        runs[-1][1].append(ctr)
+        runs[-1][2].append(count)
+        previous = minute
+    return [(m, c, n if series.exposures else []) for m, c, n in runs]
+
+
 def _latency_figure(report: Report) -> Figure:
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    figure = Figure(figsize=(12, 3.6), layout="constrained")
     ax = figure.subplots()
     histogram = report.latency_histogram
     drawn = False
@@ -767,7 +960,8 @@ def _metric_value(value: MetricValue) -> str:
     if value.interval is not None:
         i = value.interval
         if value.scale == "share":
-            return f"{i.value:.2%} [{i.low:.2%}, {i.high:.2%}]"
+            digits = _share_digits(i.value, i.low, i.high)
+            return f"{i.value:.{digits}%} [{i.low:.{digits}%}, {i.high:.{digits}%}]"
         return f"{i.value:.4g} [{i.low:.4g}, {i.high:.4g}]"
     if value.value is not None:
         return _scaled(value.value, value.scale) + " [-]"
@@ -777,7 +971,17 @@ def _metric_value(value: MetricValue) -> str:
 def _scaled(value: float | None, scale: Scale) -> str:
     if value is None or not math.isfinite(value):
         return "-"
-    return f"{value:.2%}" if scale == "share" else f"{value:.4g}"
+    return f"{value:.{_share_digits(value)}%}" if scale == "share" else f"{value:.4g}"
+
+
+def _share_digits(*values: float) -> int:
+    """Decimals of a percentage, as the verdict's pp: 1 from 1% up, 2 below (0.05% stays visible).
+
+    >>> f"{0.3312:.{_share_digits(0.3312)}%}", f"{0.0005:.{_share_digits(0.0005)}%}"
+    ('33.1%', '0.05%')
+    """
+    largest = max(abs(v) for v in values)
+    return 1 if largest >= 0.01 or largest == 0 else 2
 
 
 def _difference(estimate: Estimate, scale: Scale) -> str:
@@ -785,7 +989,7 @@ def _difference(estimate: Estimate, scale: Scale) -> str:
 
 
 def _percent(value: float) -> str:
-    return f"{value:.2%}" if math.isfinite(value) else "-"
+    return f"{value:.{_share_digits(value)}%}" if math.isfinite(value) else "-"
 
 
 def _number(value: float | None) -> str:

@@ -1,9 +1,9 @@
 """Property-based fuzzing of every endpoint of the router and both real model servers, from their OpenAPI schemas.
 
 Schemathesis reads each live server's /openapi.json and Hypothesis generates requests for every operation,
-both schema-valid (positive) and schema-violating (negative) ones. No answer may be a 5xx and no server may
-die. For the router, the count-level invariant holds too: one exposure row per /recommend it answered, one
-feedback row per click it accepted.
+both schema-valid (positive) and schema-violating (negative) ones. No answer may be a 5xx or name a server
+path, and no server may die. For the router, the count-level invariant holds too: one exposure row per
+/recommend it answered, one feedback row per click it accepted.
 
     RELIABILITY_FUZZ_EXAMPLES=500 pytest tests/reliability/test_fuzz.py     # fuzz harder (default 40)
 
@@ -32,6 +32,7 @@ from tests.reliability.conftest import RouterFactory, experiment, urls_of
 from tests.reliability.observe import rows, store_counters
 from tests.reliability.services import Service, store_path
 from tests.router.conftest import wait_until
+from tests.router.test_openapi import server_paths
 
 MAX_EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES", "40"))
 TOKEN = "fuzz-admin-token"
@@ -75,6 +76,8 @@ def fuzz_operation(
         assert response.status_code < 500, (
             f"{operation.label} answered {response.status_code} to {case.as_curl_command()}: {response.text[:300]}"
         )
+        leaked = server_paths(response.text)
+        assert not leaked, f"{operation.label} answered with server paths {leaked} to {case.as_curl_command()}"
 
     one_request()
 

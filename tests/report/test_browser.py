@@ -66,17 +66,34 @@ def test_report_html_renders_in_chromium_without_errors(tmp_path: Path, case: st
                 assert "verdict withheld" in page.locator("#verdict").inner_text()
             else:
                 assert alert.count() == 0
+            # The outcome first, coloured by what it is, with the sentence and the numbers.
+            card = page.locator("#outcome .outcome")
+            assert card.count() == 1
+            outcome = card.get_attribute("data-outcome")
+            assert outcome == ("withheld" if case == "sample-ratio mismatch" else "inconclusive"), outcome
+            assert f"outcome-{outcome}" in (card.get_attribute("class") or "")
+            colour = card.evaluate("e => getComputedStyle(e).backgroundColor")
+            assert colour not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"), colour
+            assert "model_b vs model_a" in card.inner_text() and "CTR model_a " in card.inner_text()
+            card_box, verdict_box = card.bounding_box(), page.locator("#verdict").bounding_box()
+            assert card_box is not None and verdict_box is not None and card_box["y"] < verdict_box["y"]
+            nav = page.locator("#phase-nav")
+            assert nav.is_visible() and nav.locator("[aria-current]").inner_text() == "phase 1"
             verdict = page.locator("#verdict").inner_text()
             assert "analysis: sequential" in verdict and "planned size:" in verdict and "guardrails:" in verdict
             sections = ("#traffic", "#outcomes", "#comparisons", "#plan", "#guardrails", "#srm", "#offline")
             for section in (*sections, "#exclusions", "#method"):
                 assert page.locator(section).is_visible(), section
+            page_width = page.locator("#plots").bounding_box()
+            assert page_width is not None
             for plot in ("#plot-metrics", "#plot-timeline", "#plot-latency"):
                 svg = page.locator(f"{plot} svg")
                 assert svg.count() == 1, plot
                 box = svg.bounding_box()
-                assert box is not None and box["width"] > 300 and box["height"] > 100, plot
+                assert box is not None and box["height"] > 100, plot
+                assert box["width"] >= 0.98 * page_width["width"], (plot, box, page_width)  # at the page's width
             assert page.locator("#plot-timeline svg path").count() > 2  # the cumulative CTR lines are drawn
+            assert page.locator('#plot-timeline svg g[id*="PolyCollection"]').count() == 2  # a band per variant, no gap
             screenshot = tmp_path / f"report-{case.replace(' ', '-')}.png"
             page.screenshot(path=str(screenshot), full_page=True)
         finally:

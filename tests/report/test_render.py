@@ -278,3 +278,35 @@ def test_render_handles_sparse_phases(tmp_path: Path, case: str) -> None:
     else:
         assert any("model_c has no analysed exposures" in note for note in report.notes)
         assert all(c.verdict for c in report.comparisons)
+
+
+@pytest.mark.parametrize(
+    ("ctrs", "outcome"),
+    [
+        ({"model_a": 0.10, "model_b": 0.10}, "inconclusive"),
+        ({"model_a": 0.10, "model_b": 0.30}, "win"),
+        ({"model_a": 0.30, "model_b": 0.10}, "loss"),
+    ],
+)
+def test_html_leads_with_the_outcome_coloured_by_what_it_is(
+    tmp_path: Path, ctrs: dict[str, float], outcome: str
+) -> None:
+    generated_store(tmp_path / "outcomes.sqlite3", {"model_a": 1000, "model_b": 1000}, ctrs, HASH_WEIGHTS)
+    report = report_of(tmp_path / "outcomes.sqlite3")
+    page = render_html(report)
+    card = re.search(r'<div class="outcome outcome-(\w+)" data-outcome="(\w+)">(.*?)</div>', page)
+    assert card is not None and card.group(1) == card.group(2) == outcome
+    assert page.index('id="outcome"') < page.index('id="verdict"')  # at the top, before the sections
+    assert report.comparisons[0].verdict.split(" (")[0] in card.group(3)  # the plain sentence, and the numbers:
+    assert f"CTR model_a {report.comparisons[0].ctr.control:.1%} vs model_b" in card.group(3)
+
+
+def test_live_html_links_every_other_phase_and_a_file_does_not(results_dir: Path) -> None:
+    report = report_of(results_dir / "outcomes.sqlite3", phase=1)
+    live, written = render_html(report, live=True), render_html(report)
+    nav = re.search(r'<nav id="phase-nav".*?</nav>', live)
+    assert nav is not None
+    assert '<span aria-current="page">phase 1</span>' in nav.group(0) and '<a href="?phase=2">phase 2</a>' in nav.group(
+        0
+    )
+    assert "?phase=" not in written  # a file cannot ask the router for another phase

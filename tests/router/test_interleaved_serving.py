@@ -71,18 +71,19 @@ def test_interleave_answers_one_team_draft_list_from_both_backends(
 
 
 def test_interleave_asks_both_backends_at_once(tmp_path: Path, backends: dict[str, Backend]) -> None:
-    """Each backend takes 0.6 s: the second call arrives before the first has answered, and the request takes
-    about the slower one, far less than the 1.2 s two calls in a row would need."""
+    """Each backend takes 2 s: the second call arrives before the first has answered (the cause, whatever the
+    machine's load), and the request takes at least one delay but less than the two calls in a row would."""
+    delay = 2.0
     for backend in backends.values():
-        backend.control.delay = 0.6
-    raw = interleave(backends, timeouts={"connect": 1.0, "read": 5.0, "pool": 1.0})
+        backend.control.delay = delay
+    raw = interleave(backends, timeouts={"connect": 1.0, "read": 10.0, "pool": 1.0})
     with running_router(settings_for(tmp_path, raw)) as router:
         response = router.client.get("/recommend/user-3")
         assert response.status_code == 200
         (arrived_a,), (arrived_b,) = backends["model_a"].control.arrived, backends["model_b"].control.arrived
-        assert abs(arrived_a - arrived_b) < 0.6  # the later call started while the earlier one was still waiting
+        assert abs(arrived_a - arrived_b) < delay  # the later call started while the earlier one was still waiting
         (latency,) = router.rows("SELECT latency_ms FROM exposures")[0]
-    assert 600 <= latency < 1200
+    assert delay * 1000 <= latency < 2 * delay * 1000
 
 
 def test_one_failing_backend_gives_a_degraded_interleave_of_the_other_list(

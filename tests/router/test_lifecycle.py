@@ -164,3 +164,20 @@ def test_bad_config_stops_start_up_with_a_message_naming_field_and_value(
     assert result.returncode == 2
     assert "variants.0.weight" in result.stderr and "model_a" in result.stderr and "(got -1)" in result.stderr
     assert result.stderr.count("(got -1)") == 1, result.stderr  # said once (logged), not logged and printed
+
+
+def test_unknown_store_url_scheme_stops_start_up_with_exit_code_2_and_no_traceback(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    config = write_config(tmp_path / "experiment.yaml", experiment(backends))
+    result = subprocess.run(
+        python_module("router", "--config", str(config), "--port", str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RESULTS_DIR": str(tmp_path / "results"), "STORE_URL": "mysql://db/outcomes"},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "STORE_URL 'mysql://db/outcomes': unknown store" in result.stderr
+    assert "Traceback" not in result.stderr
