@@ -130,7 +130,7 @@ def run(
                 flush=True,
             )
         print(
-            f"store: step {number}/{len(steps)}, {backend}, offering {rate:,} events/s for {seconds:g} s ...",
+            f"store: step {number}/{len(steps)}, offering {rate:,} events/s for {seconds:g} s into {backend} ...",
             flush=True,
         )
         with fresh_store(backend, f"bench_store_{rate}", postgres_url) as (engine, url):

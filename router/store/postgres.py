@@ -101,11 +101,18 @@ class PostgresBackend:
     """StoreBackend over one PostgreSQL database (see the module docstring)."""
 
     def __init__(
-        self, url: str, *, connect_timeout: float = 5.0, statement_timeout_ms: int = 30_000, pool_size: int = 4
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        statement_timeout_ms: int = 30_000,
+        report_timeout_ms: int = 600_000,
+        pool_size: int = 4,
     ) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
         self._statement_timeout_ms = statement_timeout_ms
+        self._report_timeout_ms = report_timeout_ms  # a report's query may take long, never forever
         self._pool_size = pool_size
         self._writer: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -265,7 +272,7 @@ class PostgresBackend:
     def snapshot(self) -> Iterator[PostgresSnapshot]:
         """A new connection in one REPEATABLE READ, READ ONLY transaction: every read sees the same moment."""
         try:
-            conn = self.connect(statement_timeout_ms=0)
+            conn = self.connect(statement_timeout_ms=self._report_timeout_ms)
         except psycopg.Error as exc:
             raise StoreError(f"cannot read the outcome store {self.description}: {_first_line(exc)}") from exc
         with conn:

@@ -165,8 +165,7 @@ class PostgresSnapshot(PostgresShadowReads):
             SELECT (DENSE_RANK() OVER (ORDER BY p.user_id) - 1)::int8,
                    (array_position(%(variants)s::text[], p.v) - 1)::int8,
                    p.n::int8, p.errors::int8, p.clicked::int8, p.fallbacks::int8, p.slow::int8 {picked}
-            FROM p {joined}
-            ORDER BY p.v, p.user_id"""
+            FROM p {joined}"""  # no ORDER BY: the pairs' order does not matter, a sort of all of them would
         types = ["i8"] * 7 + ["i8", "f8"] * len(events)
         arrays = numeric_columns(self._conn, query, params, types)
         user, variant, exposures, errors, clicked, fallbacks, slow_counts = arrays[:7]
