@@ -113,6 +113,7 @@ def create_app(
         title="A/B router",
         description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a 307 to "/path" would be built from the client's Host header: 404 instead
     )
     app.state.service = service  # inert until the lifespan starts it; routes added later can use it
     app.state.settings = settings
