@@ -152,7 +152,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.connections = self.connections
         self._in_head = True  # between the end of the last request (or the connect) and this one's headers
         self._head_bytes = 0
+        self._heads_done = 0
         self._url_bytes = 0
+        self._parsed_bytes = 0
         self._header_lines = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -178,14 +180,14 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
+        if self._in_head and self._head_timer is None:
+            self._arm_head_timer()
+        heads_before = self._heads_done
+        super().data_received(data)  # httptools holds at most this one read (<= 256 KiB) beyond the bound
+        if self._in_head and self._heads_done == heads_before and not self.transport.is_closing():
+            self._head_bytes += len(data)  # no head was completed in this read: all of it is head
             if self._head_bytes > self.guard.limits.max_head_bytes:
                 self._refuse(431, "Request Header Fields Too Large", "head_too_large", self._head_too_large())
-                return
-            if self._head_timer is None:
-                self._arm_head_timer()
-        super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a refusal raised in a callback surfaces here as a parser error: answered already
@@ -193,6 +195,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._url_bytes = 0
+        self._parsed_bytes = 0
         self._header_lines = 0
         super().on_message_begin()
 
@@ -206,14 +209,21 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_lines += 1
-        limit = self.guard.limits.max_headers
-        if self._header_lines > limit:
-            self._refuse(431, "Request Header Fields Too Large", "too_many_headers", f"more than {limit} headers")
+        limits = self.guard.limits
+        if self._header_lines > limits.max_headers:
+            detail = f"more than {limits.max_headers} headers"
+            self._refuse(431, "Request Header Fields Too Large", "too_many_headers", detail)
+            raise _RefusedError
+        # A head that arrived whole in one read is measured here; one still arriving, in data_received.
+        self._parsed_bytes += len(name) + len(value) + 4
+        if self._url_bytes + self._parsed_bytes > limits.max_head_bytes:
+            self._refuse(431, "Request Header Fields Too Large", "head_too_large", self._head_too_large())
             raise _RefusedError
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads_done += 1
         self._cancel_head_timer()
         super().on_headers_complete()
 
