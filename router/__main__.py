@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from router.app import create_app
 from router.config import RouterSettings, load_config
 from router.errors import ConfigError
+from router.guard import server_options
 from router.logs import LogFormatError, configure_logging
 from router.store import backend_for
 
@@ -61,19 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("router not started: %s", exc)
         return 2
 
+    app = create_app(settings, handle_sighup=True)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
             loop="uvloop",
-            http="httptools",
             access_log=False,
             log_config=None,
             log_level=settings.log_level,
             timeout_graceful_shutdown=10,
-            timeout_keep_alive=15,
             proxy_headers=False,  # the router never uses the client's address: don't parse X-Forwarded-For
+            **server_options(app, settings),  # httptools with the client bounds, keep-alive (router.guard)
         )
     )
     server.run()

@@ -127,6 +127,7 @@ def create_app(
         title="A/B router",
         description="Assigns each user a recommender variant, proxies to it, and logs exposures and feedback.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a 307 to "/path" would be built from the client's Host header: 404 instead
     )
     serve_docs_offline(app)  # /docs and /redoc from the app's own assets (the fast path passes /docs-assets on)
     app.openapi = lambda: _openapi_with_report(app)  # type: ignore[method-assign]

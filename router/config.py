@@ -747,6 +747,21 @@ class RouterSettings(BaseSettings):
         default="info", description="`debug` also logs one JSON line per request."
     )
     health_interval: float = Field(default=2.0, gt=0, le=60, description="Seconds between backend health checks.")
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Most open client connections; a new one beyond it gets 503 at once (logged, counted in "
+        "`router_clients_refused_total`). Unset: 8192. Always kept below the file descriptor limit "
+        "(docs/reliability.md).",
+    )
+    head_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a request's whole head, from connecting or from the request's "
+        "first byte; then 408 and the connection is closed.",
+    )
     guardrail_interval: float = Field(
         default=5.0,
         gt=0,

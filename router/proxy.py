@@ -17,7 +17,7 @@ the app's lifespan by `open_client`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
@@ -37,14 +37,16 @@ MAX_CONNECTIONS = 512
 #: Seconds allowed for a /health or /info probe (never longer than the configured timeouts).
 PROBE_TIMEOUT = 2.0
 
-#: Largest backend answer the router reads (after decompression); a 100-item list is about 3 KB. A backend
-#: that sends more (an endless stream, a gzip bomb) gets a 502 instead of filling the router's memory.
-MAX_RESPONSE_BYTES = 1_048_576
+#: Largest backend answer the router reads (after decompression); a 100-item list with scores is about 4 KB.
+#: A backend that sends more (an endless stream, a gzip bomb, a padded answer) gets a 502 instead of filling
+#: the router's memory: at most MAX_CONNECTIONS x this per backend in flight.
+MAX_RESPONSE_BYTES = 65_536
 
 InfoPath = Literal["/health", "/info"]
 
 
 NativeTimeout = TypeVar("NativeTimeout")
+Parsed = TypeVar("Parsed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +82,27 @@ def recommend_url(base_url: str, user_id: str, k: int) -> str:
     return f"{base_url}/recommend/{quote(user_id, safe='')}?k={int(k)}"
 
 
-def parse_recommendation(variant: str, status: int, body: bytes) -> Recommendation:
-    """Check a /recommend answer against the model contract; raise BadBackendResponseError/BackendUnavailableError."""
-    items = parse_object(variant, status, body).get("items")
+def parse_recommendation(variant: str, status: int, body: bytes, *, user_id: str, k: int) -> Recommendation:
+    """Check a /recommend answer against the model contract; raise BadBackendResponseError/BackendUnavailableError.
+
+    The answer must name the user it was asked for (`user_id`): a pooled connection that a broken backend
+    desynchronised (an extra or mis-framed response) then gives an error, never another user's list. Its
+    `items` must be at most `k` distinct integer ids: a longer list is refused, not truncated (a backend that
+    ignores `k` is broken, and its answer is not what the experiment measures).
+
+    >>> parse_recommendation("a", 200, b'{"user_id": "u", "items": [3, 1]}', user_id="u", k=2).items
+    [3, 1]
+    """
+    parsed = parse_object(variant, status, body)
+    if parsed.get("user_id") != user_id:
+        raise BadBackendResponseError(variant, "backend answer is not for the user it was asked for")
+    items = parsed.get("items")
     if not isinstance(items, list) or not all(type(item) is int for item in items):
         raise BadBackendResponseError(variant, "backend answer has no 'items' list of integer ids")
+    if len(items) > k:
+        raise BadBackendResponseError(variant, f"backend answered {len(items)} items for k={k}")
+    if len(set(items)) != len(items):
+        raise BadBackendResponseError(variant, "backend answer repeats an item")
     return Recommendation(body=body, items=items)
 
 
@@ -124,20 +142,35 @@ class _PooledClient(Generic[NativeTimeout]):
 
     async def recommend(self, variant: Variant, user_id: str, k: int) -> Recommendation:
         url = recommend_url(variant.base_url, user_id, k)
-        status, body = await self._get(variant.name, url, self._timeout, self._timeouts)
-        return parse_recommendation(variant.name, status, body)
+        name = variant.name
+
+        def parse(status: int, body: bytes) -> Recommendation:
+            return parse_recommendation(name, status, body, user_id=user_id, k=k)
+
+        return await self._get(name, url, self._timeout, self._timeouts, parse)
 
     async def fetch_json(self, variant: Variant, path: InfoPath) -> dict[str, Any]:
         url = variant.base_url + path
-        status, body = await self._get(variant.name, url, self._probe_timeout, self._probe_timeouts)
-        return parse_object(variant.name, status, body)
+        name = variant.name
+
+        def parse(status: int, body: bytes) -> dict[str, Any]:
+            return parse_object(name, status, body)
+
+        return await self._get(name, url, self._probe_timeout, self._probe_timeouts, parse)
 
     def _native_timeout(self, timeouts: Timeouts) -> NativeTimeout:
         raise NotImplementedError
 
     async def _get(
-        self, variant: str, url: str, library_timeout: NativeTimeout, timeouts: Timeouts
-    ) -> tuple[int, bytes]:
+        self,
+        variant: str,
+        url: str,
+        library_timeout: NativeTimeout,
+        timeouts: Timeouts,
+        parse: Callable[[int, bytes], Parsed],
+    ) -> Parsed:
+        """GET `url` and `parse` the answer while the connection is held: a refused answer closes the
+        connection instead of returning it to the pool (whatever follows on it is not to be trusted)."""
         raise NotImplementedError
 
 
@@ -153,17 +186,37 @@ class AiohttpClient(_PooledClient[aiohttp.ClientTimeout]):
         return _aiohttp_timeout(timeouts)
 
     async def _get(
-        self, variant: str, url: str, library_timeout: aiohttp.ClientTimeout, timeouts: Timeouts
-    ) -> tuple[int, bytes]:
+        self,
+        variant: str,
+        url: str,
+        library_timeout: aiohttp.ClientTimeout,
+        timeouts: Timeouts,
+        parse: Callable[[int, bytes], Parsed],
+    ) -> Parsed:
         try:
             # encoded=True: the URL is already quoted (recommend_url); yarl must not re-quote or normalise it
             async with self._session.get(
                 URL(url, encoded=True), timeout=library_timeout, allow_redirects=False
             ) as response:
-                length = response.content_length
-                if length is not None and length <= MAX_RESPONSE_BYTES and "Content-Encoding" not in response.headers:
-                    return response.status, await response.read()  # the usual case: small, declared, plain
-                return response.status, await _read_limited(variant, response.content.iter_any(), length)
+                try:
+                    length = response.content_length
+                    if (
+                        length is not None
+                        and length <= MAX_RESPONSE_BYTES
+                        and "Content-Encoding" not in response.headers
+                    ):
+                        body = await response.read()  # the usual case: small, declared, plain
+                    else:
+                        body = await _read_limited(variant, response.content.iter_any(), length)
+                    return parse(response.status, body)
+                except BackendError:
+                    # A small answer is read with its headers, and its connection is back in the pool before
+                    # we see it: close the connection's protocol itself, so the pool finds it closed.
+                    protocol = getattr(response, "_protocol", None)  # aiohttp sets it in start(); no public name
+                    if protocol is not None:
+                        protocol.close()
+                    response.close()
+                    raise
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors
             raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -195,21 +248,38 @@ class HttpxClient(_PooledClient[httpx.Timeout]):
         return _httpx_timeout(timeouts)
 
     async def _get(
-        self, variant: str, url: str, library_timeout: httpx.Timeout, timeouts: Timeouts
-    ) -> tuple[int, bytes]:
+        self,
+        variant: str,
+        url: str,
+        library_timeout: httpx.Timeout,
+        timeouts: Timeouts,
+        parse: Callable[[int, bytes], Parsed],
+    ) -> Parsed:
         try:
             async with (
                 asyncio.timeout(_total_seconds(timeouts)),  # httpx's timeouts are per phase: bound the whole
                 self._client.stream("GET", url, timeout=library_timeout) as response,
             ):
-                length = response.headers.get("Content-Length")
-                declared = int(length) if length is not None and length.isdigit() else None
-                return response.status_code, await _read_limited(variant, response.aiter_bytes(), declared)
+                try:
+                    length = response.headers.get("Content-Length")
+                    declared = int(length) if length is not None and length.isdigit() else None
+                    body = await _read_limited(variant, response.aiter_bytes(), declared)
+                    return parse(response.status_code, body)
+                except BackendError:
+                    stream = response.extensions.get("network_stream")
+                    if stream is not None:
+                        await stream.aclose()  # the pool then sees the connection closed and never reuses it
+                    raise
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise BackendTimeoutError(variant, _timeout_detail(timeouts, type(exc).__name__)) from exc
         except httpx.ConnectError as exc:
             raise BackendUnavailableError(variant, f"cannot connect to the backend ({exc})") from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except httpx.RemoteProtocolError as exc:
+            if "disconnected" in str(exc):  # h11's "Server disconnected without sending a response": as aiohttp
+                raise BackendUnavailableError(variant, "connection to the backend failed (disconnected)") from exc
+            # The backend broke HTTP (a bad status line, HTTP/0.9, a header too large): aiohttp's answer too.
+            raise BadBackendResponseError(variant, f"broken response from the backend ({type(exc).__name__})") from exc
+        except httpx.NetworkError as exc:
             raise BackendUnavailableError(variant, f"connection to the backend failed ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise BadBackendResponseError(variant, f"broken response from the backend ({type(exc).__name__})") from exc

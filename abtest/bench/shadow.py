@@ -186,7 +186,9 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         default_type application/json;
-        location /recommend/ {{ return 200 '{{"items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}'; }}
+        location ~ ^/recommend/([^/]+)$ {{
+            return 200 '{{"user_id": "$1", "items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}';
+        }}
         location / {{ return 200 '{{"status": "ok"}}'; }}
     }}
 }}

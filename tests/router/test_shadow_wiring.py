@@ -63,7 +63,7 @@ class GatedModel:
                 self._loop, self._gate = asyncio.get_running_loop(), asyncio.Event()
             self.started += 1
             await self._gate.wait()  # the hang being simulated, released by the test
-            return Response(b'{"items": [1, 2, 3]}', media_type="application/json")
+            return Response(b'{"user_id": "%s", "items": [1, 2, 3]}' % user_id.encode(), media_type="application/json")
 
     def open(self) -> None:
         if self._loop is not None and self._gate is not None:
