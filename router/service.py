@@ -229,6 +229,7 @@ class RouterService:
             _log_closed_shadows("router stopping", finals)
         if self._client is not None:
             await self._client.aclose()
+        log.info("router stopping: writing the queued events", extra={"pending": self.store.pending})
         await asyncio.to_thread(self.store.close)
 
     @property

@@ -126,7 +126,9 @@ class OutcomeStore:
             self._writer.join()
             self._writer = None
         self.backend.close()
-        log.info("outcome store closed", extra={"store": self.description, "written": dict(self._stats.written)})
+        with self._stats_lock:
+            written, lost = dict(self._stats.written), dict(self._stats.lost)
+        log.info("outcome store closed", extra={"store": self.description, "written": written, "lost": lost})
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event queued before the call is written (or given up on). False on timeout."""

@@ -167,7 +167,8 @@ class SQLiteBackend:
     def write(self, batch: Sequence[Record]) -> None:
         self._check_file()
         if self._writer is None:
-            self._writer = self.connect()
+            # Used by the writer thread only; closed by close() once that thread has stopped (another thread).
+            self._writer = self.connect(check_same_thread=False)
         conn = self._writer
         grouped: dict[type[Record], list[tuple[Any, ...]]] = {}
         for record in batch:
