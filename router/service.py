@@ -685,6 +685,7 @@ class RouterService:
                 "max_pending": stats["max_pending"],
                 "lost": stats["lost"],
                 "errors": stats["errors"],
+                "failing": stats["failing"],  # {"kind", "error"} of the last write while it keeps failing, else None
             },
             "shadows": {name: _shadow_health(shadow) for name, shadow in self.shadow_stats().items()},
         }

@@ -95,6 +95,7 @@ class OutcomeStore:
         self._job_timeout = job_timeout
 
         self._stats = StoreStats()
+        self._failing: dict[str, str] | None = None  # the last write's failure, until a write succeeds
         self._stats_lock = threading.Lock()
         self._last_loss_log: dict[str, float] = {}  # by kind: a flood of shadow losses never hides a live one
 
@@ -335,6 +336,7 @@ class OutcomeStore:
                 if failure is None:
                     raise
                 self._count_error(failure.kind)
+                self._failing = {"kind": failure.kind, "error": str(exc)[:500]}
                 if failure.poison:
                     log.error("outcome store rejected a batch (%s); writing its rows one by one", exc)
                     self._write_one_by_one(batch)
@@ -354,6 +356,7 @@ class OutcomeStore:
                 time.sleep(delay)  # the writer thread's own backoff; the event loop is not waiting on it
                 delay = min(delay * 2, self._retry_max_delay)
             else:
+                self._failing = None
                 self._count_written(batch)
                 return
 
@@ -424,6 +427,7 @@ class OutcomeStore:
                 "errors": dict(self._stats.errors),
                 "pending": self.pending,
                 "max_pending": self.max_pending,
+                "failing": self._failing,
             }
 
 
