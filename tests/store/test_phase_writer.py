@@ -61,3 +61,41 @@ def test_a_phase_on_a_store_locked_by_another_process_is_refused_with_the_stores
     finally:
         store.close()
     assert store.stats()["written"]["exposure"] == 1
+
+
+def test_phases_under_a_writer_that_never_rests_are_never_refused(tmp_path: Path) -> None:
+    """The writer commits batch after batch; each phase needs the write lock between two of them.
+
+    With its own connection, the phase waited in SQLite's busy handler, which the writer kept winning: with a
+    busy timeout this short, some phases were refused ("database is locked"). On the writer thread, none is.
+    """
+    store = OutcomeStore(SQLiteBackend(tmp_path / "outcomes.sqlite3", busy_timeout_ms=20), batch_size=2_000)
+    store.open()
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def phases() -> None:
+        for number in range(40):
+            try:
+                store.start_phase("rec-ab", f"key-{number}", {})
+            except StoreError as exc:
+                refused.append(str(exc))
+        stop.set()
+
+    reloads = threading.Thread(target=phases)
+    try:
+        reloads.start()
+        sent = 0
+        while not stop.is_set():  # keep the writer busy: a full batch queued whenever it has room
+            if store.pending < 4_000:
+                for _ in range(2_000):
+                    store.record_exposure(exposure(sent))
+                    sent += 1
+            else:
+                store.flush(0.001)
+        reloads.join()
+        assert store.flush(60)
+    finally:
+        store.close()
+    assert refused == []
+    assert store.stats()["written"]["exposure"] == sent and sent > 0
