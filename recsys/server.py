@@ -11,7 +11,13 @@
 Logs are JSON lines in a container and readable lines in a terminal (`recsys.logs`, LOG_FORMAT).
 """
 
+# ruff: noqa: E402 - the signal handlers are installed before the other imports, on purpose (recsys.signals)
 from __future__ import annotations
+
+from recsys.signals import ProcessSignals
+
+# `python -m recsys.server`: the handlers first, before the heavy imports below (see recsys.signals).
+SIGNALS = ProcessSignals.install("model") if __name__ == "__main__" else None
 
 import argparse
 import asyncio
@@ -132,8 +138,12 @@ def create_app(
     return app
 
 
-def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
-    """Command line of `python -m model_a|model_b`: serve the model on one port with uvicorn."""
+def run(trainer: Trainer, argv: Sequence[str] | None = None, signals: ProcessSignals | None = None) -> None:
+    """Command line of `python -m model_a|model_b`: serve the model on one port with uvicorn.
+
+    `signals`: the process's handlers, installed by the entry point before its heavy imports (recsys.signals);
+    SIGHUP is ignored and logged (nothing to reload), SIGTERM and SIGINT stop it gracefully, at any moment.
+    """
     name = trainer.NAME
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"Serve {name} over HTTP.")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -152,7 +162,13 @@ def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
         configure_logging("info", service=name)
     except LogFormatError as exc:
         raise SystemExit(f"python -m {name}: {exc}") from exc
-    uvicorn.run(
+    if signals is None:
+        signals = ProcessSignals.install(name)
+    signals.on_hup(None, state="a model server has nothing to reload")
+    if signals.stop_requested is not None:
+        log.warning("%s not started: asked to stop while starting", name)
+        return
+    config = uvicorn.Config(
         create_app(settings, trainer=trainer),
         host=args.host,
         port=args.port,
@@ -163,9 +179,13 @@ def run(trainer: Trainer, argv: Sequence[str] | None = None) -> None:
         log_config=None,  # uvicorn's records go through configure_logging's handler, in the same format
         timeout_graceful_shutdown=5,
     )
+    try:
+        signals.server(config).run()
+    finally:
+        signals.release()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, signals: ProcessSignals | None = None) -> None:
     """`python -m recsys.server [--model NAME] ...`: serve the model package registered as NAME ($MODEL_NAME)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", default=os.environ.get("MODEL_NAME"))
@@ -176,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         found = trainer(known.model)
     except ValueError as exc:
         raise SystemExit(f"python -m recsys.server: {exc}") from exc
-    run(found, rest)
+    run(found, rest, signals)
 
 
 if __name__ == "__main__":
-    main()
+    main(signals=SIGNALS)

@@ -1,13 +1,21 @@
 """`python -m router --config PATH --port N [--host H]`: serve the router with uvicorn (one worker).
 
-SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
-SIGHUP re-reads the config like POST /admin/reload. Exit codes, each with a message that says what is wrong:
-0 after a clean stop; 2 for an invalid experiment config or environment (checked before uvicorn starts,
-logged once, in the format LOG_FORMAT picks), an unknown STORE_URL included, or one where no database answers;
+SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written; a second
+one is ignored); SIGHUP re-reads the config like POST /admin/reload while the router serves, and is ignored
+(and logged) before that and while it stops: no signal kills it at any moment (recsys.signals, installed
+before anything else is imported). Exit codes, each with a message that says what is wrong:
+0 after a clean stop (also when a stop signal came before it served); 2 for an invalid experiment config or
+environment (checked before uvicorn starts, logged once, in the format LOG_FORMAT picks), an unknown STORE_URL
+included, or one where no database answers;
 3 when start-up failed inside the server, e.g. the outcome store cannot be opened.
 """
 
+# ruff: noqa: E402 - the signal handlers are installed before the other imports, on purpose (recsys.signals)
 from __future__ import annotations
+
+from recsys.signals import ProcessSignals
+
+SIGNALS = ProcessSignals.install("router") if __name__ == "__main__" else None
 
 import argparse
 import logging
@@ -28,8 +36,12 @@ from router.store import backend_for
 log = logging.getLogger("router")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, check the config, run the server until a signal stops it. Returns the exit code."""
+def main(argv: Sequence[str] | None = None, signals: ProcessSignals | None = None) -> int:
+    """Parse arguments, check the config, run the server until a signal stops it. Returns the exit code.
+
+    `signals` is the process's handlers (installed at import when run as `python -m router`); without them
+    the server is uvicorn's own (in-process callers: tests).
+    """
     parser = argparse.ArgumentParser(prog="python -m router", description="The A/B router.")
     parser.add_argument(
         "--config", type=Path, help="experiment YAML (default $ROUTER_CONFIG or router/experiment.yaml)"
@@ -56,31 +68,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
         log.critical("router not started: %s", exc)
         return 2
+    if signals is not None and signals.stop_requested is not None:
+        log.warning("router not started: asked to stop while starting")
+        return 0
     try:
-        app = create_app(settings, handle_sighup=True)
+        app = create_app(settings, signals=signals)
     except ConfigError as exc:  # e.g. a STORE_URL no backend understands
         log.critical("router not started: %s", exc)
         return 2
 
-    app = create_app(settings, handle_sighup=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            loop="uvloop",
-            access_log=False,
-            log_config=None,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=10,
-            proxy_headers=False,  # the router never uses the client's address: don't parse X-Forwarded-For
-            **server_options(app, settings),  # httptools with the client bounds, keep-alive (router.guard)
-        )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,  # the router never uses the client's address: don't parse X-Forwarded-For
+        **server_options(app, settings),  # httptools with the client bounds, keep-alive (router.guard)
     )
-    server.run()
+    server = signals.server(config) if signals is not None else uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        if signals is not None:
+            signals.release()
     # A lifespan start-up failure (e.g. the outcome store cannot be opened) makes uvicorn return without serving.
     return 0 if server.started else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(signals=SIGNALS))

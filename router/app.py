@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.contract import MAX_K
 from recsys.params import TopK, UserId
+from recsys.signals import ProcessSignals
 from recsys.web import serve_docs_offline
 from router.config import VARIANT_NAME_PATTERN, RouterSettings
 from router.errors import (
@@ -88,9 +88,14 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
 
 
 def create_app(
-    settings: RouterSettings, *, handle_sighup: bool = False, rng: Any = None, store: OutcomeStore | None = None
+    settings: RouterSettings,
+    *,
+    signals: ProcessSignals | None = None,
+    rng: Any = None,
+    store: OutcomeStore | None = None,
 ) -> RecommendFastPath:
-    """The router app. `handle_sighup` (main thread only) makes SIGHUP reload the config like POST /admin/reload.
+    """The router app. With the process's `signals`, SIGHUP reloads the config like POST /admin/reload while the
+    app serves (before and after, it is ignored and logged: recsys.signals).
 
     `store` replaces the outcome store STORE_URL names (tests pass one over a backend they control).
     """
@@ -102,25 +107,29 @@ def create_app(
             result = await service.reload()
         except (ConfigError, StoreError):
             return  # logged and counted by the service; the old config keeps serving
+        except Exception:  # the task's outermost handler: never "Task exception was never retrieved"
+            service.metrics.reload("refused")
+            log.exception("SIGHUP reload failed unexpectedly; the previous config keeps serving")
+            return
         log.info("SIGHUP reload applied", extra={"phase": result.phase, "new_phase": result.new_phase})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         loop = asyncio.get_running_loop()
-        if handle_sighup:
 
-            def on_sighup() -> None:
-                task = loop.create_task(reload_on_signal())
-                background.add(task)
-                task.add_done_callback(background.discard)
+        def on_sighup() -> None:
+            task = loop.create_task(reload_on_signal())
+            background.add(task)
+            task.add_done_callback(background.discard)
 
-            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        if signals is not None and signals.stop_requested is None:
+            signals.on_hup(on_sighup, loop)
         try:
             yield
         finally:
-            if handle_sighup:
-                loop.remove_signal_handler(signal.SIGHUP)
+            if signals is not None:
+                signals.on_hup(None, state="stopping (the outcome store is being written)")
             await service.stop()
 
     app = FastAPI(

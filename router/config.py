@@ -23,7 +23,6 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -37,7 +36,8 @@ from pydantic import (
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from router.errors import ConfigError, ConfigFileError
+from router.configfile import ConfigFileReader
+from router.errors import ConfigError
 from router.store import default_store_url
 from router.strategies import STRATEGIES, Unit, fan_out_of
 
@@ -823,19 +823,12 @@ class RouterSettings(BaseSettings):
         return urls
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The YAML file as a mapping. Raises ConfigError if it is missing, unreadable or not a mapping."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot read the experiment config ({exc.strerror or exc})") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigFileError(f"{path}: the experiment config must be a mapping, got {type(raw).__name__}")
-    return raw
+def read_yaml(path: Path, reader: ConfigFileReader | None = None) -> dict[str, Any]:
+    """The YAML file as a mapping, read within router.configfile's bounds (size, time, nesting; regular files).
+
+    Raises ConfigFileError if it is missing, unreadable, out of bounds, not YAML or not a mapping.
+    """
+    return (reader or ConfigFileReader()).read(path)
 
 
 def build_config(
@@ -872,11 +865,16 @@ def build_config(
         raise ConfigError(describe_errors(exc, source=source, overridden=set(overrides or {}), raw=merged)) from exc
 
 
-def load_config(settings: RouterSettings, path: Path | None = None) -> ExperimentConfig:
-    """Read, merge and validate the experiment config named by `settings` (or `path`). Raises ConfigError."""
+def load_config(
+    settings: RouterSettings, path: Path | None = None, *, reader: ConfigFileReader | None = None
+) -> ExperimentConfig:
+    """Read, merge and validate the experiment config named by `settings` (or `path`). Raises ConfigError.
+
+    `reader`: the process's ConfigFileReader when it reloads (it remembers a read that hung).
+    """
     source = path or settings.config_path
     return build_config(
-        read_yaml(source),
+        read_yaml(source, reader),
         overrides=settings.yaml_overrides(),
         urls=settings.url_overrides(),
         source=str(source),

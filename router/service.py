@@ -41,6 +41,7 @@ from router.config import (
     phase_key,
     recorded_stops,
 )
+from router.configfile import ConfigFileReader
 from router.errors import (
     AttributionError,
     BackendError,
@@ -165,6 +166,7 @@ class RouterService:
         self._monitor: BackendMonitor | None = None
         self._watcher: GuardrailWatcher | None = None
         self._reload_lock = asyncio.Lock()
+        self._config_reader = ConfigFileReader()  # bounded reads; remembers one that hung (router.configfile)
         # Request ids: a random per-process prefix plus a counter (unique without a syscall per request).
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
@@ -178,7 +180,7 @@ class RouterService:
 
         Raises ConfigError or StoreError: the router must not serve with a bad config or no store.
         """
-        config = load_config(self.settings)
+        config = await asyncio.to_thread(load_config, self.settings, reader=self._config_reader)
         await asyncio.to_thread(self.store.open)
         try:
             stops = _still_stoppable(config, await asyncio.to_thread(self._persisted_stops, config))
@@ -229,6 +231,7 @@ class RouterService:
             _log_closed_shadows("router stopping", finals)
         if self._client is not None:
             await self._client.aclose()
+        log.info("router stopping: writing the queued events", extra={"pending": self.store.pending})
         await asyncio.to_thread(self.store.close)
 
     @property
@@ -632,7 +635,7 @@ class RouterService:
         """
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(load_config, self.settings)
+                config = await asyncio.to_thread(load_config, self.settings, reader=self._config_reader)
                 previous = self.live
                 if config.backend_client != previous.config.backend_client:
                     raise ConfigError(
@@ -682,6 +685,7 @@ class RouterService:
                 "max_pending": stats["max_pending"],
                 "lost": stats["lost"],
                 "errors": stats["errors"],
+                "failing": stats["failing"],  # {"kind", "error"} of the last write while it keeps failing, else None
             },
             "shadows": {name: _shadow_health(shadow) for name, shadow in self.shadow_stats().items()},
         }

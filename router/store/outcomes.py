@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from router.errors import StoreError, StoreOverloadedError
 from router.store.backend import StoreBackend
@@ -68,6 +68,7 @@ class OutcomeStore:
         retry_max_delay: float = 2.0,
         stop_timeout: float = 10.0,
         shadow_headroom: int | None = None,
+        job_timeout: float = 10.0,
     ) -> None:
         self.backend = backend
         self.max_pending = max_pending
@@ -90,8 +91,11 @@ class OutcomeStore:
         self._stop = threading.Event()
         self._stop_deadline = float("inf")
         self._writer: threading.Thread | None = None
+        self._jobs: deque[_Job[Any]] = deque()  # phase records for the writer thread to run (start_phase)
+        self._job_timeout = job_timeout
 
         self._stats = StoreStats()
+        self._failing: dict[str, str] | None = None  # the last write's failure, until a write succeeds
         self._stats_lock = threading.Lock()
         self._last_loss_log: dict[str, float] = {}  # by kind: a flood of shadow losses never hides a live one
 
@@ -126,7 +130,9 @@ class OutcomeStore:
             self._writer.join()
             self._writer = None
         self.backend.close()
-        log.info("outcome store closed", extra={"store": self.description, "written": dict(self._stats.written)})
+        with self._stats_lock:
+            written, lost = dict(self._stats.written), dict(self._stats.lost)
+        log.info("outcome store closed", extra={"store": self.description, "written": written, "lost": lost})
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event queued before the call is written (or given up on). False on timeout."""
@@ -144,9 +150,27 @@ class OutcomeStore:
     def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
         """Continue the latest phase if it has this experiment and key, else start the next: (phase, is_new).
 
-        Blocking: call before serving or through a thread. Raises StoreError.
+        Blocking: call before serving or through a thread. Raises StoreError. Once the writer thread runs, the
+        phase is recorded by that thread, between two batches: a reload never competes with our own writer for
+        the database's write lock (under load, SQLite's busy handler let the writer win for over a second and
+        refused the reload: "database is locked"). A store that is failing fails the phase at once, as before.
         """
-        return self._call(lambda: self.backend.start_phase(experiment, config_key, design), "record the phase")
+
+        def action() -> tuple[int, bool]:
+            return self.backend.start_phase(experiment, config_key, design)
+
+        writer = self._writer
+        if writer is None or threading.current_thread() is writer or not writer.is_alive():
+            return self._call(action, "record the phase")
+        job = _Job(action)
+        self._jobs.append(job)
+        self._wake.set()
+        if not job.finished.wait(self._job_timeout) and job.cancel():
+            raise StoreError(
+                f"cannot record the phase in the outcome store: its writer did not get to it in {self._job_timeout:g}s"
+            )
+        job.finished.wait()  # it was started before the timeout: it ends (within the store's busy timeout)
+        return job.outcome()
 
     def snapshot(self) -> AbstractContextManager[PhaseSnapshot]:
         """A read-only, consistent view for the report (blocking: use from a worker thread)."""
@@ -259,10 +283,27 @@ class OutcomeStore:
     # -- the writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write_until_stopped()
+        finally:
+            while self._jobs:  # nobody will run them now: their callers get an answer, not a hang
+                self._jobs.popleft().fail(StoreError("the outcome store is closed"))
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.claim():
+                try:
+                    job.succeed(self._call(job.action, "record the phase"))
+                except Exception as exc:  # handed to the caller, who raises it in its own thread
+                    job.fail(exc)
+
+    def _write_until_stopped(self) -> None:
         while True:
-            if not self._stop.is_set() and len(self._pending) < self._batch_size:
+            if not self._stop.is_set() and len(self._pending) < self._batch_size and not self._jobs:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
+            self._run_jobs()
             while self._pending:
                 batch = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
                 self._inflight = len(batch)
@@ -275,6 +316,7 @@ class OutcomeStore:
                 with self._done_cond:
                     self._done += len(batch)
                     self._done_cond.notify_all()
+                self._run_jobs()
             if self._stop.is_set() and not self._pending:
                 return
             with self._done_cond:  # wake any flush() waiting on an already-empty queue
@@ -294,6 +336,7 @@ class OutcomeStore:
                 if failure is None:
                     raise
                 self._count_error(failure.kind)
+                self._failing = {"kind": failure.kind, "error": str(exc)[:500]}
                 if failure.poison:
                     log.error("outcome store rejected a batch (%s); writing its rows one by one", exc)
                     self._write_one_by_one(batch)
@@ -301,6 +344,7 @@ class OutcomeStore:
                 if self._stop.is_set() and time.monotonic() > self._stop_deadline:
                     self._give_up(batch, exc)
                     return
+                self._run_jobs()  # a phase waiting meanwhile gets the failing store's answer now, not after it
                 log.error(
                     "outcome store write failed (%s: %s); %d events waiting, retrying in %.2fs",
                     failure.kind,
@@ -312,6 +356,7 @@ class OutcomeStore:
                 time.sleep(delay)  # the writer thread's own backoff; the event loop is not waiting on it
                 delay = min(delay * 2, self._retry_max_delay)
             else:
+                self._failing = None
                 self._count_written(batch)
                 return
 
@@ -382,4 +427,44 @@ class OutcomeStore:
                 "errors": dict(self._stats.errors),
                 "pending": self.pending,
                 "max_pending": self.max_pending,
+                "failing": self._failing,
             }
+
+
+class _Job(Generic[T]):
+    """A blocking call for the writer thread, which its caller may cancel until the writer has claimed it."""
+
+    def __init__(self, action: Callable[[], T]) -> None:
+        self.action = action
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "queued"  # -> "running" (claimed by the writer) | "cancelled" (by the caller)
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "running"
+            return True
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "cancelled"
+            return True
+
+    def succeed(self, result: T) -> None:
+        self._result = result
+        self.finished.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self.finished.set()
+
+    def outcome(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set by succeed() before `finished`

@@ -6,8 +6,11 @@
     with backend.snapshot() as snapshot: ...        # a read-only connection in one read transaction
 
 WAL mode lets the report read while the router writes, and vice versa. Before each batch the writer checks that
-the file at the path is still the one it opened: a deleted or replaced store would otherwise swallow writes that
-nobody can ever read.
+the file at the path is still the one it opened, and that its `-wal` and `-shm` companions are still the ones its
+connection uses: a deleted or replaced store would otherwise swallow writes that nobody can ever read, and a
+deleted `-wal` holds every transaction since the last checkpoint (readers got "disk I/O error" while the writer
+counted its batches as written; a kill then lost them). On a companion's loss the writer first checkpoints what
+its connection still holds into the main file, then refuses to write on (kind `moved`, sticky until a restart).
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ class SQLiteBackend:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._file_id: tuple[int, int] | None = None
+        # The -wal and -shm files the writer's connection opened (they live as long as some connection is open).
+        self._companions: dict[str, tuple[int, int] | None] = {}
+        self._moved: str | None = None  # set once a file was found deleted or replaced: no more writing
 
     @property
     def description(self) -> str:
@@ -174,7 +180,11 @@ class SQLiteBackend:
     def write(self, batch: Sequence[Record]) -> None:
         self._check_file()
         if self._writer is None:
-            self._writer = self.connect()
+            # Used by the writer thread only; closed by close() once that thread has stopped (another thread).
+            self._writer = self.connect(check_same_thread=False)
+            self._companions = {suffix: _identity_or_none(self._companion(suffix)) for suffix in _COMPANIONS}
+        else:
+            self._check_companions(self._writer)
         conn = self._writer
         grouped: dict[type[Record], list[tuple[Any, ...]]] = {}
         for record in batch:
@@ -201,15 +211,38 @@ class SQLiteBackend:
             self._writer = None
 
     def _check_file(self) -> None:
-        try:
-            found: tuple[int, int] | None = _file_identity(self.path)
-        except FileNotFoundError:
-            found = None
-        if found != self._file_id:
-            raise StoreFileMovedError(
+        if self._moved is None and _identity_or_none(self.path) != self._file_id:
+            self._moved = (
                 f"the outcome store file {self.path} was deleted or replaced while the router ran; "
                 "restart the router to open it anew"
             )
+        if self._moved is not None:
+            raise StoreFileMovedError(self._moved)
+
+    def _companion(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _check_companions(self, conn: sqlite3.Connection) -> None:
+        """Raise StoreFileMovedError if the -wal or -shm file is not the one `conn` opened (after a rescue)."""
+        for suffix, opened in self._companions.items():
+            path = self._companion(suffix)
+            found = _identity_or_none(path)
+            if found == opened:
+                continue
+            # The connection still holds the old files: copy every committed transaction into the main file.
+            try:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+                rescued = f"checkpointed {copied} of {frames} WAL frames into the main file" + (
+                    " (busy)" if busy else ""
+                )
+            except sqlite3.Error as exc:
+                rescued = f"could not checkpoint the WAL into the main file ({exc})"
+            self._moved = (
+                f"the outcome store's {suffix} file {path} was {'deleted' if found is None else 'replaced'} while the "
+                f"router ran ({rescued}); restart the router to open the store anew"
+            )
+            log.error(self._moved, extra={"path": str(path)})
+            raise StoreFileMovedError(self._moved)
 
     # -- lookups (worker threads) ------------------------------------------------------------------
 
@@ -621,6 +654,17 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 def _file_identity(path: Path) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino
+
+
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _file_identity(path)
+    except FileNotFoundError:
+        return None
+
+
+#: The files SQLite keeps next to a WAL-mode database while a connection is open.
+_COMPANIONS = ("-wal", "-shm")
 
 
 def error_kind(exc: BaseException) -> str:

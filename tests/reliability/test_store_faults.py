@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from abtest.processes import CLEAN_EXIT_CODES, ServiceError
 from router.app import create_app
 from router.config import RouterSettings
 from router.store import OutcomeStore, SQLiteBackend
+from router.store.records import Record
 from tests.reliability.conftest import USERS, RouterFactory, experiment, urls_of
 from tests.reliability.observe import metric, rows, store_counters
 from tests.reliability.services import Service, store_path
@@ -130,16 +130,25 @@ def test_store_locked_by_another_writer_is_retried_and_every_event_is_written_on
 
 
 class FaultySQLiteBackend(SQLiteBackend):
-    """While `active`, connections the store's writer thread opens fail writes like a full disk or read-only file."""
+    """While `active`, the connection the store's writer opens for events fails writes like a full disk or a
+    read-only file (phases, which the writer thread also records, are left to work: the router must start)."""
 
     def __init__(self, path: Path, kind: str, *, active: bool = True) -> None:
         super().__init__(path)
         self.kind = kind  # "full" or "readonly"
         self.active = active
+        self._writing = False
+
+    def write(self, batch: Sequence[Record]) -> None:
+        self._writing = True
+        try:
+            super().write(batch)
+        finally:
+            self._writing = False
 
     def connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
         conn = super().connect(check_same_thread=check_same_thread)
-        if self.active and threading.current_thread().name == "outcome-store-writer":
+        if self.active and self._writing:
             if self.kind == "full":
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {pages}")
