@@ -1,4 +1,7 @@
-"""`python -m router --config PATH --port N [--host H]`: serve the router with uvicorn (one worker).
+"""`python -m router --config PATH --port N [--host H] [--workers N]`: serve the router with uvicorn.
+
+`--workers N` runs N router processes sharing the port (SO_REUSEPORT) and the outcome store, under a small
+supervisor (router/workers.py); the default, 1, is one process and no supervisor.
 
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written);
 SIGHUP re-reads the config like POST /admin/reload. Exit codes, each with a message that says what is wrong:
@@ -22,6 +25,7 @@ from router.app import create_app
 from router.config import RouterSettings, load_config
 from router.errors import ConfigError
 from router.logs import LogFormatError, configure_logging
+from router.workers import Worker, listening_socket, supervise
 
 log = logging.getLogger("router")
 
@@ -34,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--workers", type=_positive, default=1, help="router processes sharing the port and the store (default 1)"
+    )
+    parser.add_argument("--worker", type=Worker.parse, help=argparse.SUPPRESS)  # set by the supervisor only
     args = parser.parse_args(argv)
 
     try:
@@ -53,10 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Said once, through the log (JSON in a container, a readable line in a terminal), not printed as well.
         log.critical("router not started: %s", exc)
         return 2
+    if args.workers > 1 and args.worker is None:
+        passed_on = ["--config", str(args.config)] if args.config is not None else []
+        return supervise(passed_on, workers=args.workers, host=args.host, port=args.port)
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, handle_sighup=True),
+            create_app(settings, handle_sighup=True, worker=args.worker),
             host=args.host,
             port=args.port,
             loop="uvloop",
@@ -69,9 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy_headers=False,  # the router never uses the client's address: don't parse X-Forwarded-For
         )
     )
-    server.run()
+    server.run(sockets=None if args.worker is None else [listening_socket(args.host, args.port)])
     # A lifespan start-up failure (e.g. the outcome store cannot be opened) makes uvicorn return without serving.
     return 0 if server.started else 3
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 64, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     store.record_exposure(exposure)                    # never blocks: queued for the writer thread
     store.record_feedback(feedback)                    # raises StoreOverloadedError when the queue is full
     await store.find_exposure(request_id)              # recent in-memory index first, then the database
+    await store.latest_exposure(user_id)               # the user's latest to arrive, in any phase
     store.close()                                      # drains the queue: nothing acknowledged is lost
 
 Everything here is the same for every database engine (router.store.backend draws the seam). One writer thread
@@ -68,9 +69,12 @@ class OutcomeStore:
         retry_max_delay: float = 2.0,
         stop_timeout: float = 10.0,
         shadow_headroom: int | None = None,
+        max_waiting: int = 1_000,
     ) -> None:
         self.backend = backend
         self.max_pending = max_pending
+        self.max_waiting = max_waiting
+        self._waiting = 0  # find_exposure calls waiting for another replica's write
         # Room kept for live exposures and feedback that shadow rows may not take: a fifth of the queue
         # (10,000 events by default, a fifth of a second of live traffic at 50,000 requests a second).
         self.shadow_headroom = max_pending // 5 if shadow_headroom is None else shadow_headroom
@@ -141,12 +145,17 @@ class OutcomeStore:
 
     # -- phases ------------------------------------------------------------------------------------
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
-        """Continue the latest phase if it has this experiment and key, else start the next: (phase, is_new).
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
+        """Continue this configuration's phase, else start the next: (phase, is_new) (router.store.phases).
 
-        Blocking: call before serving or through a thread. Raises StoreError.
+        `current` is the phase the caller serves now (None at start-up). Blocking: call before serving or
+        through a thread. Raises StoreError.
         """
-        return self._call(lambda: self.backend.start_phase(experiment, config_key, design), "record the phase")
+        return self._call(
+            lambda: self.backend.start_phase(experiment, config_key, design, current=current), "record the phase"
+        )
 
     def snapshot(self) -> AbstractContextManager[PhaseSnapshot]:
         """A read-only, consistent view for the report (blocking: use from a worker thread)."""
@@ -209,9 +218,10 @@ class OutcomeStore:
         self._by_request[exposure.request_id] = exposure
         self._request_order.append((seq, exposure.request_id))
         if exposure.status == 200:
-            # "Latest" means latest to arrive (the database orders by ts too), not last to finish.
+            # "Latest" is defined once, here and in every backend: the greatest (ts, request_id), where ts is the
+            # request's arrival; not the last to finish, and whatever its phase.
             latest = self._latest_by_user.get(exposure.user_id)
-            if latest is None or exposure.ts >= latest.ts:
+            if latest is None or (exposure.ts, exposure.request_id) > (latest.ts, latest.request_id):
                 self._latest_by_user[exposure.user_id] = exposure
             self._user_order.append((seq, exposure.user_id, exposure.request_id))
         done, size = self._done, self._index_size
@@ -227,21 +237,52 @@ class OutcomeStore:
 
     # -- attribution lookups -----------------------------------------------------------------------
 
-    async def find_exposure(self, request_id: str) -> Exposure | None:
-        """The exposure with this request id: from the recent index, else the database. Raises StoreError."""
+    async def find_exposure(self, request_id: str, *, within: float = 0.0) -> Exposure | None:
+        """The exposure with this request id: from the recent index, else the database. Raises StoreError.
+
+        `within` > 0 keeps asking the database for that many seconds while it has no such row: another replica
+        that served the exposure writes it within its flush interval (a caller passes it for a verified id
+        only). At most `max_waiting` lookups wait at once; more raise StoreOverloadedError (retry later).
+        """
         found = self._by_request.get(request_id)
         if found is not None:
             return found
-        return await asyncio.to_thread(self._call, lambda: self.backend.find_exposure(request_id), "read")
+        found = await asyncio.to_thread(self._call, lambda: self.backend.find_exposure(request_id), "read")
+        if found is not None or within <= 0:
+            return found
+        if self._waiting >= self.max_waiting:
+            raise StoreOverloadedError("too many feedback events waiting for their exposure, retry")
+        self._waiting += 1
+        try:
+            deadline = time.monotonic() + within
+            delay = self.flush_interval / 2
+            while found is None and time.monotonic() < deadline:
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))  # poll, with backoff
+                delay = min(delay * 2, 0.25)
+                found = self._by_request.get(request_id) or await asyncio.to_thread(
+                    self._call, lambda: self.backend.find_exposure(request_id), "read"
+                )
+            return found
+        finally:
+            self._waiting -= 1
 
-    async def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
-        """The user's latest successful exposure in `phase`. Raises StoreError if the database cannot be read."""
-        latest = self._latest_by_user.get(user_id)
-        if latest is not None:
-            # The index holds the user's latest exposure overall (by arrival), and phases only grow over time:
-            # if that one is from another phase, the user has none in `phase` newer than it.
-            return latest if latest.phase == phase else None
-        return await asyncio.to_thread(self._call, lambda: self.backend.latest_exposure(user_id, phase), "read")
+    async def latest_exposure(self, user_id: str) -> Exposure | None:
+        """The user's latest successful exposure (by arrival, any phase). Raises StoreError if it cannot read.
+
+        The greater of the index's and the database's: the index holds this process's latest that may not be
+        on disk yet, the database also holds other replicas' (so every replica answers the same once written).
+        """
+        indexed = self._latest_by_user.get(user_id)
+        stored = await asyncio.to_thread(self._call, lambda: self.backend.latest_exposure(user_id), "read")
+        if indexed is None or (
+            stored is not None and (stored.ts, stored.request_id) > (indexed.ts, indexed.request_id)
+        ):
+            return stored
+        return indexed
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The store's value of `name`, keeping `candidate` if it has none (blocking). Raises StoreError."""
+        return self._call(lambda: self.backend.shared_secret(name, candidate), "read the secret of")
 
     def _call(self, action: Callable[[], T], what: str) -> T:
         """Run a backend call; count and wrap the engine's failures as StoreError."""

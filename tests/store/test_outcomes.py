@@ -84,19 +84,21 @@ def test_attribution_finds_unflushed_and_flushed_exposures(tmp_path: Path) -> No
     path = tmp_path / "outcomes.sqlite3"
     store = sqlite_store(path, flush_interval=10.0)
     store.open()
-    early, late, failed = exposure(1, user="alice"), exposure(2, user="alice"), exposure(3, user="alice", status=504)
-    for seen in (early, late, failed):
+    early, failed = exposure(1, user="alice"), exposure(3, user="alice", status=504)
+    # The latest to arrive, in a later phase, finishing (recorded) before an earlier one of the first phase.
+    late, slow = exposure(2, user="alice", phase=2), exposure(0, user="alice", ts=early.ts - 5)
+    for seen in (early, late, slow, failed):
         store.record_exposure(seen)
 
     async def lookups(on: OutcomeStore) -> tuple[Exposure | None, Exposure | None, Exposure | None, Exposure | None]:
         return (
             await on.find_exposure(early.request_id),
-            await on.latest_exposure("alice", 1),
-            await on.latest_exposure("alice", 2),
+            await on.latest_exposure("alice"),
+            await on.latest_exposure("bob"),
             await on.find_exposure("f" * 32),
         )
 
-    # Not yet on disk: the in-memory index answers. The latest *successful* exposure is the user's latest.
+    # Not yet on disk: the in-memory index answers. The latest *successful* exposure to arrive is the user's latest.
     assert asyncio.run(lookups(store)) == (early, late, None, None)
     store.close()
     # A new process: the database answers.
@@ -120,7 +122,7 @@ def test_index_stays_bounded_and_lookups_fall_back_to_the_database(tmp_path: Pat
         assert len(store._by_request) <= 40  # the index keeps recent or unwritten exposures only
         found = asyncio.run(store.find_exposure(shown[0].request_id))
         assert found == shown[0]
-        assert asyncio.run(store.latest_exposure("u0", 1)) == shown[250]
+        assert asyncio.run(store.latest_exposure("u0")) == shown[250]
     finally:
         store.close()
 
