@@ -45,6 +45,11 @@ def _bench_store(args: argparse.Namespace) -> None:
 
 
 def _bench_router(args: argparse.Namespace) -> None:
+    if args.workers_cpu:
+        from abtest.bench import workers
+
+        workers.run(args.results_dir, rounds=args.rounds, seconds=args.seconds)
+        return
     from abtest.bench import router
 
     router.run(
@@ -401,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-seconds", type=float, default=60.0, help="router: full-load run for the RSS check")
     bench.add_argument(
         "--baseline", type=Path, help="router: also run the router from this checkout (e.g. a git worktree of main)"
+    )
+    bench.add_argument(
+        "--workers-cpu",
+        action="store_true",
+        help="router: instead, router CPU time per 1,000 requests for 1 vs 2 processes on one store (from /proc)",
     )
     bench.add_argument("--results-dir", type=Path, default=_results_dir(), help="where the figures go ($RESULTS_DIR)")
     bench.set_defaults(run=_cmd_bench)
