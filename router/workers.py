@@ -101,8 +101,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def merge_expositions(texts: Mapping[str, bytes]) -> bytes:
     """Prometheus text expositions of several workers as one, each sample labelled with its worker.
 
-    >>> print(merge_expositions({"0": b"# TYPE up gauge\\nup 1\\n", "1": b"# TYPE up gauge\\nup 1\\n"}).decode())
-    # HELP up
+    >>> text = b"# HELP up Serving.\\n# TYPE up gauge\\nup 1\\n"
+    >>> print(merge_expositions({"0": text, "1": text}).decode())
+    # HELP up Serving.
     # TYPE up gauge
     up{worker="0"} 1.0
     up{worker="1"} 1.0
