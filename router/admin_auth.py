@@ -70,7 +70,8 @@ class AdminGuard:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise AdminUnauthorizedError("admin endpoints need 'Authorization: Bearer <ROUTER_ADMIN_TOKEN>'")
-        if hmac.compare_digest(given.strip().encode(), self._token):
+        token = self._token
+        if hmac.compare_digest(given.strip().encode(), token):
             return
         if record is None:
             record = self._failures[client] = _Failures(now, 0)

@@ -12,7 +12,7 @@ the store, and a genuine id is worth waiting for while the replica that served i
 where the exposure is found by its id.
 
 The secret is `ROUTER_REQUEST_ID_SECRET` when set (every replica must get the same), else one generated with
-the store and kept in its `meta` table (`OutcomeStore.secret`), so every replica on one store agrees on it.
+the store and kept in its `meta` table (`OutcomeStore.shared_secret`), so every replica on one store agrees on it.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ _ID = re.compile(REQUEST_ID_PATTERN)
 class RequestIds:
     """Issues and verifies signed request ids (see the module docstring)."""
 
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("the request id secret must have at least 16 bytes")
-        self._secret = secret
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the request id key must have at least 16 bytes")
+        self._key = key
         self._pool = b""
 
     def issue(self, user_id: str) -> str:
@@ -59,7 +59,7 @@ class RequestIds:
         return hmac.compare_digest(tag, self._tag(nonce, user_id))
 
     def _tag(self, nonce: bytes, user_id: str) -> bytes:
-        return hmac.digest(self._secret, nonce + user_id.encode(), hashlib.sha256)[:_TAG_BYTES]
+        return hmac.digest(self._key, nonce + user_id.encode(), hashlib.sha256)[:_TAG_BYTES]
 
 
 def new_secret() -> str:

@@ -696,6 +696,7 @@ class RouterService:
                 "pending": stats["pending"],
                 "max_pending": stats["max_pending"],
                 "lost": stats["lost"],
+                "duplicates": stats["duplicates"],
                 "errors": stats["errors"],
             },
             "shadows": {name: _shadow_health(shadow) for name, shadow in self.shadow_stats().items()},

@@ -60,10 +60,11 @@ class StoreBackend(Protocol):
         configuration share its phase even while a reload reaches them one after another.
         """
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
         """Write the records in one transaction: all or none. Raises the engine's error (see `classify`).
 
-        A row of a table with `ignore_duplicates` (feedback) that repeats its unique key is skipped, not an error.
+        A row of a table with `ignore_duplicates` (feedback) that repeats its unique key is skipped, not an error;
+        returns how many were skipped, by record kind (`{}` when none).
         """
 
     def find_exposure(self, request_id: str) -> Exposure | None:

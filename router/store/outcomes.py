@@ -49,6 +49,8 @@ class StoreStats:
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
     lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
     errors: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
+    """Rows the store skipped as repeats of a unique key (feedback sent twice): acknowledged, stored once."""
 
 
 class OutcomeStore:
@@ -329,7 +331,7 @@ class OutcomeStore:
         delay = 0.05
         while True:
             try:
-                self.backend.write(batch)
+                repeats = self.backend.write(batch)
             except Exception as exc:
                 failure = self.backend.classify(exc)
                 if failure is None:
@@ -353,14 +355,14 @@ class OutcomeStore:
                 time.sleep(delay)  # the writer thread's own backoff; the event loop is not waiting on it
                 delay = min(delay * 2, self._retry_max_delay)
             else:
-                self._count_written(batch)
+                self._count_written(batch, repeats)
                 return
 
     def _write_one_by_one(self, batch: list[Record]) -> None:
         """After a row-caused failure: keep every row that fits, report each one that does not."""
         for record in batch:
             try:
-                self.backend.write([record])
+                repeats = self.backend.write([record])
             except Exception as exc:
                 if self.backend.classify(exc) is None:
                     raise
@@ -368,12 +370,16 @@ class OutcomeStore:
                     self._stats.lost[record.kind] += 1
                 log.error("outcome store refused a %s and it is lost: %s (%r)", record.kind, exc, record)
             else:
-                self._count_written([record])
+                self._count_written([record], repeats)
 
-    def _count_written(self, batch: list[Record]) -> None:
+    def _count_written(self, batch: list[Record], repeats: Mapping[str, int]) -> None:
+        """Count a committed batch: its rows written, less the repeats the store skipped (counted as such)."""
         with self._stats_lock:
             for record in batch:
                 self._stats.written[record.kind] += 1
+            for kind, skipped in repeats.items():
+                self._stats.written[kind] -= skipped
+                self._stats.duplicates[kind] += skipped
 
     def _count_lost_batch(self, batch: list[Record]) -> None:
         with self._stats_lock:
@@ -420,6 +426,7 @@ class OutcomeStore:
             return {
                 "written": dict(self._stats.written),
                 "lost": dict(self._stats.lost),
+                "duplicates": dict(self._stats.duplicates),
                 "errors": dict(self._stats.errors),
                 "pending": self.pending,
                 "max_pending": self.max_pending,

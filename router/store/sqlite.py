@@ -172,7 +172,7 @@ class SQLiteBackend:
 
     # -- writing (the writer thread) ---------------------------------------------------------------
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
         self._check_file()
         if self._writer is None:
             self._writer = self.connect()
@@ -182,9 +182,13 @@ class SQLiteBackend:
             grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
         try:
             conn.execute("BEGIN IMMEDIATE")
+            repeats: dict[str, int] = {}
             for record_type, rows in grouped.items():
-                conn.executemany(_insert_sql(record_type), rows)
+                inserted = conn.executemany(_insert_sql(record_type), rows).rowcount
+                if record_type.table.ignore_duplicates and inserted < len(rows):
+                    repeats[record_type.kind] = len(rows) - inserted
             conn.execute("COMMIT")
+            return repeats
         except BaseException as exc:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):

@@ -98,9 +98,10 @@ def test_feedback_repeated_for_a_request_item_and_event_is_stored_once(backend: 
     backend.start_phase("rec-ab", "k", {})
     seen = exposure(7)
     click = feedback_for(seen, seen.items[0])
-    backend.write([seen, click])
-    backend.write([click, replace(click, ts=click.ts + 1)])  # a retry, in another batch: skipped, not an error
-    backend.write([feedback_for(seen, seen.items[0], event="rating", value=3.0), feedback_for(seen, seen.items[1])])
+    assert not backend.write([seen, click])  # nothing skipped
+    # A retry, in another batch: skipped, not an error, and said so.
+    assert backend.write([click, replace(click, ts=click.ts + 1)]) == {"feedback": 2}
+    assert not backend.write([feedback_for(seen, seen.items[0], event="rating", value=3.0), feedback_for(seen, 4)])
     with backend.snapshot() as snapshot:
         assert snapshot.feedback_by_assignment(1) == {"strategy": 3}
 
