@@ -214,3 +214,35 @@ def test_shadow_rows_are_refused_first_so_a_shadow_backlog_never_takes_the_room_
 def test_shadow_headroom_must_fit_the_queue(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shadow_headroom"):
         sqlite_store(tmp_path / "outcomes.sqlite3", max_pending=10, shadow_headroom=11)
+
+
+def test_a_lookup_waits_for_another_processs_write_and_the_waiters_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    here = sqlite_store(path, max_waiting=1)
+    there = sqlite_store(path, flush_interval=10.0)  # another replica on the same file, not flushing yet
+    here.open()
+    there.open()
+    served = exposure(1)
+    there.record_exposure(served)
+
+    async def scenario() -> tuple[Exposure | None, BaseException | None, Exposure | None]:
+        waiting = asyncio.create_task(here.find_exposure(served.request_id, within=30.0))
+        deadline = time.monotonic() + 10
+        while here._waiting == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll with a deadline
+            await asyncio.sleep(0.001)  # until the first lookup is waiting
+        assert here._waiting == 1
+        try:
+            await here.find_exposure("f" * 32, within=30.0)
+            refused: BaseException | None = None
+        except StoreOverloadedError as exc:  # a second waiter is one too many
+            refused = exc
+        await asyncio.to_thread(there.flush, 10.0)  # the other replica writes: the waiting lookup finds it
+        found = await waiting
+        return found, refused, await here.find_exposure("e" * 32, within=0.2)  # never written: None, bounded
+
+    try:
+        found, refused, missing = asyncio.run(scenario())
+        assert found == served and isinstance(refused, StoreOverloadedError) and missing is None
+    finally:
+        there.close()
+        here.close()
