@@ -205,3 +205,21 @@ def test_a_configmap_update_is_applied_without_a_restart(tmp_path: Path, backend
         )
         assert 'router_reloads_total{result="applied"} 1.0' in router.client.get("/metrics").text
         assert router.client.get("/recommend/alice").status_code == 200
+
+
+def test_workers_that_cannot_start_stop_the_supervisor_with_their_exit_code(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    config = write_config(tmp_path / "experiment.yaml", experiment(backends))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    proc = start_service(
+        python_module("router", "--config", str(config), "--port", str(free_port()), "--workers", "2"),
+        env={"STORE_URL": f"sqlite:///{blocker}/outcomes.sqlite3", "RESULTS_DIR": str(tmp_path)},
+        log=subprocess.DEVNULL,
+        die_with_parent=True,
+    )
+    try:
+        assert proc.wait(60) == 3  # the children's "start-up failed", not a restart loop
+    finally:
+        stop_service(proc)
