@@ -50,6 +50,11 @@ def _bench_store(args: argparse.Namespace) -> None:
 
 
 def _bench_router(args: argparse.Namespace) -> None:
+    if args.workers_cpu:
+        from abtest.bench import workers
+
+        workers.run(args.results_dir, rounds=args.rounds, seconds=args.seconds)
+        return
     from abtest.bench import router
 
     router.run(
@@ -472,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[1_000_000, 10_000_000],
         help="report: exposures per generated store (ten per user)",
+    )
+    bench.add_argument(
+        "--workers-cpu",
+        action="store_true",
+        help="router: instead, router CPU time per 1,000 requests for 1 vs 2 processes on one store (from /proc)",
     )
     bench.add_argument("--results-dir", type=Path, default=_results_dir(), help="where the figures go ($RESULTS_DIR)")
     bench.set_defaults(run=_cmd_bench)

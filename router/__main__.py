@@ -1,4 +1,7 @@
-"""`python -m router --config PATH --port N [--host H]`: serve the router with uvicorn (one worker).
+"""`python -m router --config PATH --port N [--host H] [--workers N]`: serve the router with uvicorn.
+
+`--workers N` runs N router processes sharing the port (SO_REUSEPORT) and the outcome store, under a small
+supervisor (router/workers.py); the default, 1, is one process and no supervisor.
 
 SIGTERM/SIGINT stop it gracefully (in-flight requests finish, then every queued event is written; a second
 one is ignored); SIGHUP re-reads the config like POST /admin/reload while the router serves, and is ignored
@@ -32,6 +35,7 @@ from router.errors import ConfigError
 from router.guard import server_options
 from router.logs import LogFormatError, configure_logging
 from router.store import backend_for
+from router.workers import Worker, listening_socket, supervise
 
 log = logging.getLogger("router")
 
@@ -48,6 +52,10 @@ def main(argv: Sequence[str] | None = None, signals: ProcessSignals | None = Non
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--workers", type=_positive, default=1, help="router processes sharing the port and the store (default 1)"
+    )
+    parser.add_argument("--worker", type=Worker.parse, help=argparse.SUPPRESS)  # set by the supervisor only
     args = parser.parse_args(argv)
 
     try:
@@ -71,8 +79,11 @@ def main(argv: Sequence[str] | None = None, signals: ProcessSignals | None = Non
     if signals is not None and signals.stop_requested is not None:
         log.warning("router not started: asked to stop while starting")
         return 0
+    if args.workers > 1 and args.worker is None:
+        passed_on = ["--config", str(args.config)] if args.config is not None else []
+        return supervise(passed_on, workers=args.workers, host=args.host, port=args.port)
     try:
-        app = create_app(settings, signals=signals)
+        app = create_app(settings, signals=signals, worker=args.worker)
     except ConfigError as exc:  # e.g. a STORE_URL no backend understands
         log.critical("router not started: %s", exc)
         return 2
@@ -91,12 +102,19 @@ def main(argv: Sequence[str] | None = None, signals: ProcessSignals | None = Non
     )
     server = signals.server(config) if signals is not None else uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=None if args.worker is None else [listening_socket(args.host, args.port)])
     finally:
         if signals is not None:
             signals.release()
     # A lifespan start-up failure (e.g. the outcome store cannot be opened) makes uvicorn return without serving.
     return 0 if server.started else 3
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 64, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ router.responses in one place; route bodies parse input, call the service once a
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,11 +34,9 @@ from recsys.contract import MAX_K
 from recsys.params import TopK, UserId
 from recsys.signals import ProcessSignals
 from recsys.web import serve_docs_offline
+from router.admin_auth import AdminGuard
 from router.config import VARIANT_NAME_PATTERN, RouterSettings
 from router.errors import (
-    AdminDisabledError,
-    AdminForbiddenError,
-    AdminUnauthorizedError,
     ConfigError,
     NoDataError,
     ReportError,
@@ -62,6 +59,8 @@ from router.responses import (
 )
 from router.service import FeedbackIn, RouterService
 from router.store import OutcomeStore
+from router.watch import ConfigWatcher
+from router.workers import METRICS_INTERVAL, Worker
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,25 @@ def create_app(
     signals: ProcessSignals | None = None,
     rng: Any = None,
     store: OutcomeStore | None = None,
+    worker: Worker | None = None,
 ) -> RecommendFastPath:
     """The router app. With the process's `signals`, SIGHUP reloads the config like POST /admin/reload while the
     app serves (before and after, it is ignored and logged: recsys.signals).
 
-    `store` replaces the outcome store STORE_URL names (tests pass one over a backend they control).
+    `store` replaces the outcome store STORE_URL names (tests pass one over a backend they control). `worker`
+    is set in a child of `--workers N` (router/workers.py): /metrics then answers every sibling's samples too.
+    A config watch interval (ROUTER_CONFIG_WATCH_INTERVAL) reloads when the file changes (router/watch.py).
     """
     service = RouterService(settings, rng=rng, store=store)
     background: set[asyncio.Task[None]] = set()
+    loops: set[asyncio.Task[None]] = set()
+
+    async def reload_on_change() -> None:
+        try:
+            result = await service.reload()
+        except (ConfigError, StoreError):
+            return  # logged and counted by the service; the old config keeps serving
+        log.info("config file changed: reload applied", extra={"phase": result.phase, "new_phase": result.new_phase})
 
     async def reload_on_signal() -> None:
         try:
@@ -113,10 +123,24 @@ def create_app(
             return
         log.info("SIGHUP reload applied", extra={"phase": result.phase, "new_phase": result.new_phase})
 
+    async def publish_metrics(worker: Worker) -> None:
+        while True:
+            await asyncio.to_thread(worker.write_metrics, service.metrics.render())
+            await asyncio.sleep(METRICS_INTERVAL)
+
+    def in_background(coroutine: Coroutine[Any, Any, None]) -> None:
+        """A loop that lives as long as the app (the config watcher, the worker's metric snapshots)."""
+        loops.add(asyncio.get_running_loop().create_task(coroutine))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         loop = asyncio.get_running_loop()
+        if settings.config_watch_interval > 0:
+            watcher = ConfigWatcher(settings.config_path, reload_on_change, interval=settings.config_watch_interval)
+            in_background(watcher.run())
+        if worker is not None:
+            in_background(publish_metrics(worker))
 
         def on_sighup() -> None:
             task = loop.create_task(reload_on_signal())
@@ -130,6 +154,10 @@ def create_app(
         finally:
             if signals is not None:
                 signals.on_hup(None, state="stopping (the outcome store is being written)")
+            for task in loops:
+                task.cancel()
+            if worker is not None:
+                worker.metrics_file.unlink(missing_ok=True)
             await service.stop()
 
     app = FastAPI(
@@ -145,15 +173,11 @@ def create_app(
     app.add_middleware(BodyLimit, limit=lambda: service.live.config.max_body_bytes)
     _add_error_handlers(app, service)
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = settings.admin_token
-        if token is None:
-            raise AdminDisabledError("admin endpoints are disabled: set ROUTER_ADMIN_TOKEN to enable them")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise AdminUnauthorizedError("admin endpoints need 'Authorization: Bearer <ROUTER_ADMIN_TOKEN>'")
-        if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-            raise AdminForbiddenError("wrong admin token")
+    admin_guard = AdminGuard(settings.admin_token)
+    app.state.admin_guard = admin_guard
+
+    def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+        admin_guard.check(request.client.host if request.client else "unknown", authorization)
 
     @app.get(
         "/recommend/{user_id}",
@@ -192,6 +216,9 @@ def create_app(
     )
     async def feedback(event: FeedbackIn) -> Response:
         accepted = await service.feedback(event)
+        if accepted.attributed_by != "request_id":
+            # No proof the caller saw the exposure (anyone can name a user): say nothing of it (docs/router.md).
+            return json_response({"status": "accepted", "attributed_by": accepted.attributed_by}, 202)
         return json_response(
             {
                 "status": "accepted",
@@ -222,7 +249,9 @@ def create_app(
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        own = service.metrics.render()
+        body = own if worker is None else await asyncio.to_thread(worker.all_metrics, own)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     report_lock = asyncio.Lock()  # one report at a time: it is CPU work, and matplotlib's rc settings are global
     report_cache: dict[tuple[int | None, int, str], tuple[float, bytes, str]] = {}

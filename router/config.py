@@ -737,6 +737,26 @@ class RouterSettings(BaseSettings):
         default=None,
         description="Bearer token for `/admin/*`; the admin endpoints are **disabled** when it is unset or blank.",
     )
+    request_id_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="The key request ids are signed with (router/request_ids.py); every replica must get the same. "
+        "Unset: a key generated with the store and kept in its `meta` table, shared by every replica of the store.",
+    )
+    attribution_wait: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="Seconds feedback with a genuine request id waits for its exposure to reach the store (written "
+        "by the replica that served it, within its flush interval); then 503, retry.",
+    )
+    config_watch_interval: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Seconds between checks of the config file; when its content changed, the router reloads it "
+        "(a Kubernetes ConfigMap update, docs/router.md). 0: off, reload with SIGHUP or POST /admin/reload.",
+    )
     variant_urls: str | None = Field(
         default=None,
         description="Replaces the named variants' URLs: `model_a=http://127.0.0.1:8001,model_b=http://127.0.0.1:8002` "

@@ -3,12 +3,12 @@
     RouterError                          500  base: `status_code`, `detail`; answered once, by router.responses
     ├── RequestRefusedError              422  the request is well-formed but cannot be served as asked
     │   ├── UnknownOverrideError         422  the QA override header names no variant
-    │   ├── AttributionError             404  feedback that cannot be tied to an exposure
-    │   │   ├── ForeignExposureError     422  the request id was served to another user
+    │   ├── AttributionError             404  feedback without its exposure (unknown and foreign ids alike)
     │   │   └── ErrorExposureError       409  the exposure was an error: nothing was shown
     │   ├── AdminDisabledError           403  admin endpoints are off (no ROUTER_ADMIN_TOKEN)
     │   ├── AdminUnauthorizedError       401  no bearer token
     │   ├── AdminForbiddenError          403  a wrong bearer token
+    │   ├── AdminThrottledError          429  too many wrong tokens from this client address: wait
     │   └── NotStoppedError              409  resume asked for a variant no guardrail has stopped
     ├── BackendError                     502  a variant's backend failed (raised by router.proxy only)
     │   ├── BackendTimeoutError          504  no connection or no answer within the configured timeout
@@ -16,7 +16,8 @@
     │   └── BadBackendResponseError      502  a non-200 status, or a body that breaks the model contract
     ├── RecommendationFailedError     (cause) no variant could answer a /recommend; carries the exposure's id
     ├── StoreError                       503  the outcome store cannot be opened, read or written
-    │   └── StoreOverloadedError         503  the write queue is full: feedback is refused until it drains
+    │   ├── StoreOverloadedError         503  the write queue is full: feedback is refused until it drains
+    │   └── ExposurePendingError         503  a genuine request id whose exposure no replica has written yet
     ├── ConfigError                      422  the experiment config cannot be used (start-up stops, a reload is refused)
     │   └── ConfigFileError              400  the file itself: missing, unreadable, not YAML, not a mapping
     └── ReportError                      500  the report could not be built
@@ -64,15 +65,12 @@ class UnknownOverrideError(RequestRefusedError):
 
 
 class AttributionError(RequestRefusedError):
-    """Feedback that cannot be tied to an exposure: no such request id, or no exposure of the user."""
+    """Feedback that cannot be tied to an exposure: no such request id, or no exposure of the user.
+
+    An id served to another user gets this same answer, word for word: the answer is no oracle of whose ids exist.
+    """
 
     status_code = 404
-
-
-class ForeignExposureError(AttributionError):
-    """The request id exists but was served to another user."""
-
-    status_code = 422
 
 
 class ErrorExposureError(AttributionError):
@@ -100,6 +98,19 @@ class AdminForbiddenError(RequestRefusedError):
     """An admin request with a wrong bearer token."""
 
     status_code = 403
+
+
+class AdminThrottledError(RequestRefusedError):
+    """Too many wrong admin tokens from one client address in a short time: refused without checking."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class NotStoppedError(RequestRefusedError):
@@ -199,6 +210,10 @@ class StoreError(RouterError):
 
 class StoreOverloadedError(StoreError):
     """The write queue is full (the store is failing or too slow): new feedback is refused until it drains."""
+
+
+class ExposurePendingError(StoreError):
+    """Feedback with a genuine request id whose exposure is in no replica's store yet: retry (nothing is kept)."""
 
 
 # -- configuration -----------------------------------------------------------------------------------

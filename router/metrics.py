@@ -44,6 +44,14 @@ class StoreCollector(Collector):
             written.add_metric([kind], count)
         for kind, count in stats["lost"].items():
             lost.add_metric([kind], count)
+        duplicates = CounterMetricFamily(
+            "router_events_duplicate",
+            "Acknowledged events the store skipped as repeats (feedback sent twice is stored once).",
+            labels=["kind"],
+        )
+        for kind, count in stats["duplicates"].items():
+            duplicates.add_metric([kind], count)
+        yield duplicates
         errors = CounterMetricFamily(
             "router_store_errors", "Outcome store failures, by kind (locked, readonly, full, io, ...).", labels=["kind"]
         )

@@ -3,7 +3,7 @@
     service = RouterService(settings)
     await service.start()                                   # config, outcome store, phase, backend client
     answer = await service.recommend("42", 10, forced=None) # assign -> forward -> record the exposure
-    accepted = await service.feedback(FeedbackIn(user_id="42", item_id=50, event="click"))
+    accepted = await service.feedback(FeedbackIn(request_id=answer.request_id, user_id="42", item_id=50, event="click"))
     await service.reload()                                  # re-read the YAML; a new phase if users can move
     await service.stop()                                    # closes the shadows, flushes the outcome store
 
@@ -19,9 +19,7 @@ are router.errors' tree; the web layer turns them into answers.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ from router.errors import (
     BackendError,
     ConfigError,
     ErrorExposureError,
-    ForeignExposureError,
+    ExposurePendingError,
     NoDataError,
     NotStoppedError,
     RecommendationFailedError,
@@ -60,14 +58,12 @@ from router.interleaving import NoListError
 from router.metrics import Metrics, ShadowCollector
 from router.monitor import BackendMonitor
 from router.proxy import BackendClient, Recommendation, open_client
+from router.request_ids import REQUEST_ID_PATTERN, SECRET_NAME, RequestIds, new_secret
 from router.shadow import ShadowJob, ShadowPool, ShadowResult, ShadowStats, backend_call
 from router.store import Exposure, Feedback, OutcomeStore, ShadowCall, backend_for
 from router.strategies import FanOut, Outcome, SplitInputs, Strategy, build_strategy, fan_out_of
 
 log = logging.getLogger(__name__)
-
-#: Request ids the router issues: 32 lowercase hex digits.
-REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 #: Feedback event names: short lowercase identifiers ("click", "watch", "rating", ...).
 EVENT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
@@ -167,9 +163,7 @@ class RouterService:
         self._watcher: GuardrailWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._config_reader = ConfigFileReader()  # bounded reads; remembers one that hung (router.configfile)
-        # Request ids: a random per-process prefix plus a counter (unique without a syscall per request).
-        self._id_prefix = os.urandom(8).hex()
-        self._id_counter = itertools.count(1)
+        self._ids: RequestIds | None = None  # start() reads the secret (the setting, else the store's)
         self._last_error_log: dict[tuple[str, str], float] = {}
         self._suppressed_errors: dict[tuple[str, str], int] = {}
 
@@ -183,6 +177,7 @@ class RouterService:
         config = await asyncio.to_thread(load_config, self.settings, reader=self._config_reader)
         await asyncio.to_thread(self.store.open)
         try:
+            self._ids = RequestIds(await asyncio.to_thread(self._request_id_secret))
             stops = _still_stoppable(config, await asyncio.to_thread(self._persisted_stops, config))
             phase, is_new, key = await self._enter(config, stops)
         except BaseException:
@@ -249,9 +244,17 @@ class RouterService:
         live = self.live
         return live.config, live.phase
 
-    def _next_request_id(self) -> str:
-        """32 hex digits, unique across processes and restarts (64 random bits + a 64-bit counter)."""
-        return f"{self._id_prefix}{next(self._id_counter):016x}"
+    def _request_id_secret(self) -> bytes:
+        """ROUTER_REQUEST_ID_SECRET, else the store's own (generated once, shared by its replicas). Blocking."""
+        if self.settings.request_id_secret is not None:
+            return self.settings.request_id_secret.get_secret_value().encode()
+        return self.store.shared_secret(SECRET_NAME, new_secret()).encode()
+
+    @property
+    def request_ids(self) -> RequestIds:
+        if self._ids is None:
+            raise RuntimeError("RouterService.start() has not run")
+        return self._ids
 
     def _make_live(
         self, config: ExperimentConfig, phase: int, key: str, stops: dict[str, dict[str, Any]] | None = None
@@ -277,7 +280,10 @@ class RouterService:
         """Continue or start the phase of `config` with `stops` in effect: (phase, is_new, key)."""
         key = phase_key(config, stops)
         design = phase_design(config, stops)
-        phase, is_new = await asyncio.to_thread(self.store.start_phase, config.experiment, key, design)
+        current = None if self._live is None else self._live.phase
+        phase, is_new = await asyncio.to_thread(
+            lambda: self.store.start_phase(config.experiment, key, design, current=current)
+        )
         return phase, is_new, key
 
     def _persisted_stops(self, config: ExperimentConfig) -> dict[str, dict[str, Any]]:
@@ -354,7 +360,7 @@ class RouterService:
         ts = time.time()
         live = self.live
         choice = self._assign(live, user_id, forced)
-        request_id = self._next_request_id()
+        request_id = self.request_ids.issue(user_id)
         forwarded = await self._forward(live, choice, user_id, k, request_id)
         self._record(live, choice, forwarded, ts=ts, started=started, request_id=request_id, user_id=user_id, k=k)
         if forwarded.recommendation is None:
@@ -568,23 +574,32 @@ class RouterService:
     # -- feedback ----------------------------------------------------------------------------------
 
     async def feedback(self, event: FeedbackIn) -> Feedback:
-        """Attribute a feedback event to its exposure (by request id, else the user's latest in this phase).
+        """Attribute a feedback event to its exposure (by request id, else the user's latest to arrive).
+
+        A request id is verified first (router/request_ids.py): one that was not issued to this user, by any
+        replica, is refused exactly like an unknown one, without a lookup. A genuine one is looked up in this
+        process's index, then in the store, waiting up to `attribution_wait` seconds for the replica that
+        served it to write it (feedback may reach any replica before the exposure's batch is flushed).
 
         Raises AttributionError (or a subclass) when it cannot, StoreOverloadedError when it cannot be queued,
-        StoreError when the database cannot be read.
+        ExposurePendingError when a genuine exposure is still not in the store, StoreError when it cannot read.
         """
         live = self.live
         if not self.store.accepting:
             # Refuse before looking up: under overload the exposure itself may not have been recorded.
             raise StoreOverloadedError("outcome store overloaded, retry")
         if event.request_id is not None:
-            exposure = await self.store.find_exposure(event.request_id)
+            unknown = AttributionError(f"unknown request_id {event.request_id!r} for user {event.user_id!r}")
+            if not self.request_ids.verify(event.request_id, event.user_id):
+                raise unknown
+            exposure = await self.store.find_exposure(event.request_id, within=self.settings.attribution_wait)
             if exposure is None:
-                raise AttributionError(f"unknown request_id {event.request_id!r}: no exposure has this id")
-            if exposure.user_id != event.user_id:
-                raise ForeignExposureError(
-                    f"request_id {event.request_id!r} was served to another user, not {event.user_id!r}"
+                raise ExposurePendingError(
+                    f"request_id {event.request_id!r} is genuine but its exposure is not in the store yet "
+                    f"(after {self.settings.attribution_wait:g}s): retry"
                 )
+            if exposure.user_id != event.user_id:  # only with a leaked secret: still the unknown answer
+                raise unknown
             if exposure.status != 200:
                 raise ErrorExposureError(
                     f"request_id {event.request_id!r} was answered with an error ({exposure.error}): "
@@ -592,11 +607,11 @@ class RouterService:
                 )
             attributed_by = "request_id"
         else:
-            found = await self.store.latest_exposure(event.user_id, live.phase)
+            found = await self.store.latest_exposure(event.user_id)
             if found is None:
                 raise AttributionError(
-                    f"no exposure for user {event.user_id!r} in the current phase ({live.phase}): "
-                    "send the request_id of the recommendation, or request /recommend first"
+                    f"no exposure for user {event.user_id!r}: send the request_id of the recommendation, "
+                    "or request /recommend first"
                 )
             exposure = found
             attributed_by = "user"
@@ -684,6 +699,7 @@ class RouterService:
                 "pending": stats["pending"],
                 "max_pending": stats["max_pending"],
                 "lost": stats["lost"],
+                "duplicates": stats["duplicates"],
                 "errors": stats["errors"],
                 "failing": stats["failing"],  # {"kind", "error"} of the last write while it keeps failing, else None
             },

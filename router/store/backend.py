@@ -53,20 +53,35 @@ class StoreBackend(Protocol):
     def close(self) -> None:
         """Close every connection (after the writer thread has stopped)."""
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
-        """Continue the latest phase if it has this experiment and key, else record the next: (phase, is_new).
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
+        """Continue the phase `router.store.phases.phase_to_continue` picks, else record the next: (phase, is_new).
 
-        Atomic across processes sharing the store, so concurrent routers agree on one phase.
+        `current` is the caller's phase now (None at start-up); a backend hands it to `phase_to_continue`.
+
+        Atomic across processes sharing the store, so concurrent routers agree on one phase; replicas on one
+        configuration share its phase even while a reload reaches them one after another.
         """
 
-    def write(self, batch: Sequence[Record]) -> None:
-        """Write the records in one transaction: all or none. Raises the engine's error (see `classify`)."""
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
+        """Write the records in one transaction: all or none. Raises the engine's error (see `classify`).
+
+        A row of a table with `ignore_duplicates` (feedback) that repeats its unique key is skipped, not an error;
+        returns how many were skipped, by record kind (`{}` when none).
+        """
 
     def find_exposure(self, request_id: str) -> Exposure | None:
         """The exposure with this request id, or None."""
 
-    def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
-        """The user's latest successful exposure in `phase` (by arrival time), or None."""
+    def latest_exposure(self, user_id: str) -> Exposure | None:
+        """The user's latest successful exposure, in any phase: the greatest (ts, request_id), or None."""
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The value kept under `name` in the store's meta table, keeping `candidate` first if there is none.
+
+        Atomic across processes: every replica of one store gets the first value kept (request ids' secret).
+        """
 
     def classify(self, exc: BaseException) -> Failure | None:
         """A Failure if `exc` came from the engine (the store is failing), None if it is a bug of ours."""

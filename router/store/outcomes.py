@@ -6,6 +6,7 @@
     store.record_exposure(exposure)                    # never blocks: queued for the writer thread
     store.record_feedback(feedback)                    # raises StoreOverloadedError when the queue is full
     await store.find_exposure(request_id)              # recent in-memory index first, then the database
+    await store.latest_exposure(user_id)               # the user's latest to arrive, in any phase
     store.close()                                      # drains the queue: nothing acknowledged is lost
 
 Everything here is the same for every database engine (router.store.backend draws the seam). One writer thread
@@ -48,6 +49,8 @@ class StoreStats:
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
     lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
     errors: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
+    """Rows the store skipped as repeats of a unique key (feedback sent twice): acknowledged, stored once."""
 
 
 class OutcomeStore:
@@ -69,9 +72,12 @@ class OutcomeStore:
         stop_timeout: float = 10.0,
         shadow_headroom: int | None = None,
         job_timeout: float = 10.0,
+        max_waiting: int = 1_000,
     ) -> None:
         self.backend = backend
         self.max_pending = max_pending
+        self.max_waiting = max_waiting
+        self._waiting = 0  # find_exposure calls waiting for another replica's write
         # Room kept for live exposures and feedback that shadow rows may not take: a fifth of the queue
         # (10,000 events by default, a fifth of a second of live traffic at 50,000 requests a second).
         self.shadow_headroom = max_pending // 5 if shadow_headroom is None else shadow_headroom
@@ -147,17 +153,20 @@ class OutcomeStore:
 
     # -- phases ------------------------------------------------------------------------------------
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
-        """Continue the latest phase if it has this experiment and key, else start the next: (phase, is_new).
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
+        """Continue this configuration's phase, else start the next: (phase, is_new) (router.store.phases).
 
-        Blocking: call before serving or through a thread. Raises StoreError. Once the writer thread runs, the
-        phase is recorded by that thread, between two batches: a reload never competes with our own writer for
-        the database's write lock (under load, SQLite's busy handler let the writer win for over a second and
-        refused the reload: "database is locked"). A store that is failing fails the phase at once, as before.
+        `current` is the phase the caller serves now (None at start-up). Blocking: call before serving or
+        through a thread. Raises StoreError. Once the writer thread runs, the phase is recorded by that thread,
+        between two batches: a reload never competes with our own writer for the database's write lock (under
+        load, SQLite's busy handler let the writer win for over a second and refused the reload: "database is
+        locked"). A store that is failing fails the phase at once, as before.
         """
 
         def action() -> tuple[int, bool]:
-            return self.backend.start_phase(experiment, config_key, design)
+            return self.backend.start_phase(experiment, config_key, design, current=current)
 
         writer = self._writer
         if writer is None or threading.current_thread() is writer or not writer.is_alive():
@@ -233,9 +242,10 @@ class OutcomeStore:
         self._by_request[exposure.request_id] = exposure
         self._request_order.append((seq, exposure.request_id))
         if exposure.status == 200:
-            # "Latest" means latest to arrive (the database orders by ts too), not last to finish.
+            # "Latest" is defined once, here and in every backend: the greatest (ts, request_id), where ts is the
+            # request's arrival; not the last to finish, and whatever its phase.
             latest = self._latest_by_user.get(exposure.user_id)
-            if latest is None or exposure.ts >= latest.ts:
+            if latest is None or (exposure.ts, exposure.request_id) > (latest.ts, latest.request_id):
                 self._latest_by_user[exposure.user_id] = exposure
             self._user_order.append((seq, exposure.user_id, exposure.request_id))
         done, size = self._done, self._index_size
@@ -251,21 +261,52 @@ class OutcomeStore:
 
     # -- attribution lookups -----------------------------------------------------------------------
 
-    async def find_exposure(self, request_id: str) -> Exposure | None:
-        """The exposure with this request id: from the recent index, else the database. Raises StoreError."""
+    async def find_exposure(self, request_id: str, *, within: float = 0.0) -> Exposure | None:
+        """The exposure with this request id: from the recent index, else the database. Raises StoreError.
+
+        `within` > 0 keeps asking the database for that many seconds while it has no such row: another replica
+        that served the exposure writes it within its flush interval (a caller passes it for a verified id
+        only). At most `max_waiting` lookups wait at once; more raise StoreOverloadedError (retry later).
+        """
         found = self._by_request.get(request_id)
         if found is not None:
             return found
-        return await asyncio.to_thread(self._call, lambda: self.backend.find_exposure(request_id), "read")
+        found = await asyncio.to_thread(self._call, lambda: self.backend.find_exposure(request_id), "read")
+        if found is not None or within <= 0:
+            return found
+        if self._waiting >= self.max_waiting:
+            raise StoreOverloadedError("too many feedback events waiting for their exposure, retry")
+        self._waiting += 1
+        try:
+            deadline = time.monotonic() + within
+            delay = self.flush_interval / 2
+            while found is None and time.monotonic() < deadline:
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))  # poll, with backoff
+                delay = min(delay * 2, 0.25)
+                found = self._by_request.get(request_id) or await asyncio.to_thread(
+                    self._call, lambda: self.backend.find_exposure(request_id), "read"
+                )
+            return found
+        finally:
+            self._waiting -= 1
 
-    async def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
-        """The user's latest successful exposure in `phase`. Raises StoreError if the database cannot be read."""
-        latest = self._latest_by_user.get(user_id)
-        if latest is not None:
-            # The index holds the user's latest exposure overall (by arrival), and phases only grow over time:
-            # if that one is from another phase, the user has none in `phase` newer than it.
-            return latest if latest.phase == phase else None
-        return await asyncio.to_thread(self._call, lambda: self.backend.latest_exposure(user_id, phase), "read")
+    async def latest_exposure(self, user_id: str) -> Exposure | None:
+        """The user's latest successful exposure (by arrival, any phase). Raises StoreError if it cannot read.
+
+        The greater of the index's and the database's: the index holds this process's latest that may not be
+        on disk yet, the database also holds other replicas' (so every replica answers the same once written).
+        """
+        indexed = self._latest_by_user.get(user_id)
+        stored = await asyncio.to_thread(self._call, lambda: self.backend.latest_exposure(user_id), "read")
+        if indexed is None or (
+            stored is not None and (stored.ts, stored.request_id) > (indexed.ts, indexed.request_id)
+        ):
+            return stored
+        return indexed
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The store's value of `name`, keeping `candidate` if it has none (blocking). Raises StoreError."""
+        return self._call(lambda: self.backend.shared_secret(name, candidate), "read the secret of")
 
     def _call(self, action: Callable[[], T], what: str) -> T:
         """Run a backend call; count and wrap the engine's failures as StoreError."""
@@ -330,7 +371,7 @@ class OutcomeStore:
         delay = 0.05
         while True:
             try:
-                self.backend.write(batch)
+                repeats = self.backend.write(batch)
             except Exception as exc:
                 failure = self.backend.classify(exc)
                 if failure is None:
@@ -357,14 +398,14 @@ class OutcomeStore:
                 delay = min(delay * 2, self._retry_max_delay)
             else:
                 self._failing = None
-                self._count_written(batch)
+                self._count_written(batch, repeats)
                 return
 
     def _write_one_by_one(self, batch: list[Record]) -> None:
         """After a row-caused failure: keep every row that fits, report each one that does not."""
         for record in batch:
             try:
-                self.backend.write([record])
+                repeats = self.backend.write([record])
             except Exception as exc:
                 if self.backend.classify(exc) is None:
                     raise
@@ -372,12 +413,16 @@ class OutcomeStore:
                     self._stats.lost[record.kind] += 1
                 log.error("outcome store refused a %s and it is lost: %s (%r)", record.kind, exc, record)
             else:
-                self._count_written([record])
+                self._count_written([record], repeats)
 
-    def _count_written(self, batch: list[Record]) -> None:
+    def _count_written(self, batch: list[Record], repeats: Mapping[str, int]) -> None:
+        """Count a committed batch: its rows written, less the repeats the store skipped (counted as such)."""
         with self._stats_lock:
             for record in batch:
                 self._stats.written[record.kind] += 1
+            for kind, skipped in repeats.items():
+                self._stats.written[kind] -= skipped
+                self._stats.duplicates[kind] += skipped
 
     def _count_lost_batch(self, batch: list[Record]) -> None:
         with self._stats_lock:
@@ -424,6 +469,7 @@ class OutcomeStore:
             return {
                 "written": dict(self._stats.written),
                 "lost": dict(self._stats.lost),
+                "duplicates": dict(self._stats.duplicates),
                 "errors": dict(self._stats.errors),
                 "pending": self.pending,
                 "max_pending": self.max_pending,

@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from router.errors import ConfigError, NoDataError, StoreError
 from router.store.backend import Failure
+from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
 from router.store.postgres_reader import PostgresSnapshot
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
@@ -42,9 +43,8 @@ PHASE_LOCK = 0x61627465_00000002
 
 _EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
 _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = %s"
-_LATEST_FOR_USER = (
-    f"{_EXPOSURE_SELECT} WHERE user_id = %s AND phase = %s AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
-)
+#: "Latest" is defined once (router.store.outcomes): the latest to arrive, in any phase; ties by request id.
+_LATEST_FOR_USER = f"{_EXPOSURE_SELECT} WHERE user_id = %s AND status = 200 ORDER BY ts DESC, request_id DESC LIMIT 1"
 
 #: SQLSTATE classes caused by a row (bad data, a broken constraint): retrying the batch cannot help.
 _POISON_CLASSES = ("22", "23")
@@ -174,24 +174,43 @@ class PostgresBackend:
 
     # -- phases ------------------------------------------------------------------------------------
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PHASE_LOCK,))
-            latest = conn.execute(
-                "SELECT phase, experiment, config_key FROM phases ORDER BY phase DESC LIMIT 1"
-            ).fetchone()
-            if latest is not None and latest[1] == experiment and latest[2] == config_key:
-                return int(latest[0]), False
-            phase = 1 if latest is None else int(latest[0]) + 1
+            recent = [
+                PhaseRow(int(row[0]), str(row[1]), str(row[2]), float(row[3]), stops_recorded(row[4]))
+                for row in conn.execute(
+                    "SELECT phase, experiment, config_key, started_at, config_json FROM phases "
+                    "ORDER BY phase DESC LIMIT %s",
+                    (RECENT_PHASES,),
+                )
+            ]
+            continued = phase_to_continue(recent, experiment, config_key, current=current, now=time.time())
+            if continued is not None:
+                return continued, False
+            phase = 1 if not recent else recent[0].phase + 1
             conn.execute(
                 "INSERT INTO phases (phase, experiment, started_at, config_key, config_json) VALUES (%s,%s,%s,%s,%s)",
                 (phase, experiment, time.time(), config_key, orjson.dumps(dict(design)).decode()),
             )
             return phase, True
 
+    def shared_secret(self, name: str, candidate: str) -> str:
+        with self.connect() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (name, candidate)
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone()
+        if row is None:  # inserted or kept above, in this transaction
+            raise StoreError(f"the store's meta lost {name!r} inside one transaction")
+        return str(row[0])
+
     # -- writing (the writer thread) ---------------------------------------------------------------
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
+        repeats: dict[str, int] = {}
         grouped: dict[type[Record], list[tuple[Any, ...]]] = {}
         for record in batch:
             grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
@@ -213,6 +232,21 @@ class PostgresBackend:
                             f"ON CONFLICT ({', '.join(table.primary_key)}) DO UPDATE SET {updates}",
                             rows,
                         )
+                    elif table.ignore_duplicates:  # (feedback) COPY into a scratch table, then skip repeated keys
+                        scratch = f"incoming_{table.name}"
+                        cursor.execute(
+                            f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ON COMMIT DELETE ROWS AS "
+                            f"SELECT {columns} FROM {table.name} WITH NO DATA"
+                        )
+                        with cursor.copy(f"COPY {scratch} ({columns}) FROM STDIN") as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                        cursor.execute(
+                            f"INSERT INTO {table.name} ({columns}) "
+                            f"SELECT {columns} FROM {scratch} ON CONFLICT DO NOTHING"
+                        )
+                        if cursor.rowcount < len(rows):
+                            repeats[record_type.kind] = len(rows) - cursor.rowcount
                     else:
                         with cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
                             for row in rows:
@@ -222,6 +256,7 @@ class PostgresBackend:
             if failure is None or not failure.poison:
                 self._discard_writer()  # a failing store (or a broken connection): reconnect on the next attempt
             raise
+        return repeats
 
     def _discard_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -234,8 +269,8 @@ class PostgresBackend:
     def find_exposure(self, request_id: str) -> Exposure | None:
         return self._select_one(_BY_REQUEST, (request_id,))
 
-    def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
-        return self._select_one(_LATEST_FOR_USER, (user_id, phase))
+    def latest_exposure(self, user_id: str) -> Exposure | None:
+        return self._select_one(_LATEST_FOR_USER, (user_id,))
 
     def _select_one(self, sql: str, params: tuple[Any, ...]) -> Exposure | None:
         with self._lookups().connection(timeout=self._connect_timeout) as conn:

@@ -20,6 +20,10 @@ Version history:
        version-2 rows need no backfill. Feedback on an interleaved exposure carries the position's team
        as its `variant`.
     4  shadow_calls: one row per finished shadow call (docs/shadow.md); an additive step, no existing row changes
+    5  feedback is stored once per (request_id, event, item_id): a unique index (feedback_once, which also serves
+       the lookups by request_id the old feedback_request index did); duplicates already stored are removed,
+       keeping the first. exposures_user becomes (user_id, ts): the user's latest exposure is the latest to
+       arrive in any phase. meta may hold request_id_secret (router/request_ids.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -72,6 +76,9 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
     indexes: tuple[Index, ...] = ()
+    ignore_duplicates: bool = False
+    """A row that repeats a unique index's key is skipped, not an error (feedback sent twice is stored once):
+    SQLite's INSERT OR IGNORE, PostgreSQL's ON CONFLICT DO NOTHING."""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -106,7 +113,7 @@ class Table:
 
 META = Table(
     "meta",
-    "key/value facts about the store itself: schema_version",
+    "key/value facts about the store itself: schema_version, request_id_secret (the key request ids are signed with)",
     (Column("key", "text", "the fact's name"), Column("value", "text", "its value")),
     primary_key=("key",),
 )
@@ -166,7 +173,7 @@ EXPOSURES = Table(
     ),
     indexes=(
         Index("exposures_phase_variant", ("phase", "variant")),
-        Index("exposures_user", ("user_id", "phase", "ts")),
+        Index("exposures_user_latest", ("user_id", "ts")),
     ),
 )
 
@@ -192,12 +199,13 @@ FEEDBACK = Table(
         ),
         Column("event", "text", "'click' | 'watch' | 'rating' | ..."),
         Column("value", "real", "e.g. the rating, or seconds watched", nullable=True),
-        Column("attributed_by", "text", "'request_id' | 'user' (the user's latest exposure in the phase)"),
+        Column("attributed_by", "text", "'request_id' | 'user' (the user's latest exposure to arrive, any phase)"),
     ),
     indexes=(
         Index("feedback_phase_variant", ("phase", "variant")),
-        Index("feedback_request", ("request_id",)),
+        Index("feedback_once", ("request_id", "event", "item_id"), unique=True),
     ),
+    ignore_duplicates=True,
 )
 
 VARIANT_INFO = Table(
@@ -256,6 +264,16 @@ def _create_statements(table: Table, dialect: Dialect) -> tuple[str, ...]:
     return tuple(statements)
 
 
+_VERSION_5 = (
+    # Keep the first of each (request_id, event, item_id); the rest were duplicates of it.
+    "DELETE FROM feedback WHERE id NOT IN (SELECT MIN(id) FROM feedback GROUP BY request_id, event, item_id)",
+    "DROP INDEX IF EXISTS feedback_request",
+    "CREATE UNIQUE INDEX IF NOT EXISTS feedback_once ON feedback (request_id, event, item_id)",
+    "DROP INDEX IF EXISTS exposures_user",
+    "CREATE INDEX IF NOT EXISTS exposures_user_latest ON exposures (user_id, ts)",
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     """The statements that upgrade a store from `from_version` to `from_version + 1`, per dialect."""
@@ -297,6 +315,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Shadow traffic: one new table and its indexes, nothing else touched (a self-contained, additive step).
     Migration(3, {dialect: _create_statements(SHADOW_CALLS, dialect) for dialect in ("sqlite", "postgresql")}),
+    # Idempotent feedback and "latest" by arrival in any phase (issue 13): the same SQL on both engines.
+    Migration(4, dict.fromkeys(("sqlite", "postgresql"), _VERSION_5)),
 )
 
 

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from router.errors import NoDataError, StoreError, StoreFormatError
 from router.store.backend import Failure
+from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
 from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
 _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
-#: 1 if the exposure `e` got at least one click of its phase: an index lookup per exposure (feedback_request),
+#: 1 if the exposure `e` got at least one click of its phase: an index lookup per exposure (feedback_once),
 #: where joining a DISTINCT subquery made SQLite scan it once per exposure.
 _CLICKED = (
     "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
@@ -51,9 +52,8 @@ _CLICKED = (
 _CHUNK_ROWS = 65_536
 #: Log-spaced bins per variant in which latency percentiles find their ranks (a few hundred rows each).
 _BINS = 8_192
-_LATEST_FOR_USER = (
-    f"{_EXPOSURE_SELECT} WHERE user_id = ? AND phase = ? AND status = 200 ORDER BY ts DESC, id DESC LIMIT 1"
-)
+#: "Latest" is defined once (router.store.outcomes): the latest to arrive, in any phase; ties by request id.
+_LATEST_FOR_USER = f"{_EXPOSURE_SELECT} WHERE user_id = ? AND status = 200 ORDER BY ts DESC, request_id DESC LIMIT 1"
 
 #: Failures caused by a row, not by the store: retrying the batch cannot help.
 _POISON = (
@@ -73,7 +73,7 @@ class StoreFileMovedError(sqlite3.OperationalError):
 def _insert_sql(record_type: type[Record]) -> str:
     """The INSERT of one record type; tables keyed by their content (variant_info) keep the latest row."""
     table = record_type.table
-    verb = "INSERT OR REPLACE" if table.primary_key else "INSERT"
+    verb = "INSERT OR REPLACE" if table.primary_key else "INSERT OR IGNORE" if table.ignore_duplicates else "INSERT"
     columns = table.insert_columns
     return f"{verb} INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
@@ -153,17 +153,25 @@ class SQLiteBackend:
 
     # -- phases ------------------------------------------------------------------------------------
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
         with closing(self.connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                latest = conn.execute(
-                    "SELECT phase, experiment, config_key FROM phases ORDER BY phase DESC LIMIT 1"
-                ).fetchone()
-                if latest is not None and latest[1] == experiment and latest[2] == config_key:
+                recent = [
+                    PhaseRow(int(row[0]), str(row[1]), str(row[2]), float(row[3]), stops_recorded(row[4]))
+                    for row in conn.execute(
+                        "SELECT phase, experiment, config_key, started_at, config_json FROM phases "
+                        "ORDER BY phase DESC LIMIT ?",
+                        (RECENT_PHASES,),
+                    )
+                ]
+                continued = phase_to_continue(recent, experiment, config_key, current=current, now=time.time())
+                if continued is not None:
                     conn.execute("COMMIT")
-                    return int(latest[0]), False
-                phase = 1 if latest is None else int(latest[0]) + 1
+                    return continued, False
+                phase = 1 if not recent else recent[0].phase + 1
                 conn.execute(
                     "INSERT INTO phases (phase, experiment, started_at, config_key, config_json) VALUES (?,?,?,?,?)",
                     (phase, experiment, time.time(), config_key, orjson.dumps(dict(design)).decode()),
@@ -177,7 +185,7 @@ class SQLiteBackend:
 
     # -- writing (the writer thread) ---------------------------------------------------------------
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
         self._check_file()
         if self._writer is None:
             # Used by the writer thread only; closed by close() once that thread has stopped (another thread).
@@ -191,9 +199,13 @@ class SQLiteBackend:
             grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
         try:
             conn.execute("BEGIN IMMEDIATE")
+            repeats: dict[str, int] = {}
             for record_type, rows in grouped.items():
-                conn.executemany(_insert_sql(record_type), rows)
+                inserted = conn.executemany(_insert_sql(record_type), rows).rowcount
+                if record_type.table.ignore_duplicates and inserted < len(rows):
+                    repeats[record_type.kind] = len(rows) - inserted
             conn.execute("COMMIT")
+            return repeats
         except BaseException as exc:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
@@ -249,8 +261,21 @@ class SQLiteBackend:
     def find_exposure(self, request_id: str) -> Exposure | None:
         return self._select_one(_BY_REQUEST, (request_id,))
 
-    def latest_exposure(self, user_id: str, phase: int) -> Exposure | None:
-        return self._select_one(_LATEST_FOR_USER, (user_id, phase))
+    def latest_exposure(self, user_id: str) -> Exposure | None:
+        return self._select_one(_LATEST_FOR_USER, (user_id,))
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        with closing(self.connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (name, candidate))
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return str(row[0])
 
     def _select_one(self, sql: str, params: tuple[Any, ...]) -> Exposure | None:
         with self._read_lock:

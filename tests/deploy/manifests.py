@@ -32,7 +32,7 @@ SERVERS = ("model_a", "model_b", "router")
 #: reads a name from the code accepts these too, and test_pending_router_features_are_still_pending fails
 #: as soon as the code has one, so that it leaves this list and is checked like every other name.
 PENDING_ROUTER_ENV: frozenset[str] = frozenset()
-PENDING_ROUTER_OPTIONS = frozenset({"--workers"})
+PENDING_ROUTER_OPTIONS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

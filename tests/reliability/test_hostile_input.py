@@ -164,7 +164,7 @@ def test_client_headers_never_reach_the_backend(guarded: Guarded) -> None:
         assert smuggled not in sent
     headers = answer.partition(b"\r\n\r\n")[0]
     request_id = re.search(rb"x-request-id: ([0-9a-f]+)", headers.lower())
-    assert request_id and len(request_id.group(1)) == 32  # the router's own id, not the client's
+    assert request_id and len(request_id.group(1)) == 48  # the router's own id, not the client's
     assert b"forged" not in answer
 
 
@@ -177,7 +177,7 @@ def test_forged_variant_header_is_ignored_when_overrides_are_off(guarded: Guarde
     assert b"x-variant: model_a" in answer.lower()
     [received] = guarded.recommendations()
     assert received in guarded.backends["model_a"].received
-    request_id = re.search(rb'"request_id":"([0-9a-f]{32})"', answer)
+    request_id = re.search(rb'"request_id":"([0-9a-f]{48})"', answer)
     assert request_id
     guarded.settled_exposures()
     stored = rows(

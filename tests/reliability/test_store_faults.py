@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,10 +139,10 @@ class FaultySQLiteBackend(SQLiteBackend):
         self.active = active
         self._writing = False
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record]) -> Mapping[str, int]:
         self._writing = True
         try:
-            super().write(batch)
+            return super().write(batch)
         finally:
             self._writing = False
 

@@ -77,8 +77,9 @@ def fill_two_phases(store: HandStore) -> None:
             error="unavailable" if failed else None,
             latency_ms=float(rng.lognormal(2.0, 0.5)),
         )
-        for _ in range(rng.poisson(0.4)):
-            store.add_feedback(request_id, event="click", item_id=int(rng.integers(0, 10)))
+        clicked = [int(rng.integers(0, 10)) for _ in range(rng.poisson(0.4))]
+        for item in dict.fromkeys(clicked):  # a click on the same item again is stored once (schema v5)
+            store.add_feedback(request_id, event="click", item_id=item)
     store.add_variant_info(2, "model_c", {"algorithm": "popularity", "precision_at_10": 0.2})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import replace
@@ -40,7 +41,7 @@ def test_recommend_proxies_and_adds_variant_and_request_id(tmp_path: Path, backe
             body = response.json()
             assert body["variant"] == name == response.headers["X-Variant"]
             assert body["request_id"] == response.headers["X-Request-ID"]
-            assert len(body["request_id"]) == 32
+            assert re.fullmatch("[0-9a-f]{48}", body["request_id"])  # 128 random bits and a 64-bit tag
             assert body["items"] == items_for(user, 5)
             assert body["model"] == name and body["user_id"] == user  # the backend's own fields pass through
             assert backends[name].control.seen[-1] == f"/recommend/{user}?k=5"
@@ -155,25 +156,77 @@ def test_feedback_without_request_id_goes_to_the_users_latest_exposure(
             "/feedback", json={"user_id": user, "item_id": 999_999, "event": "rating", "value": 4.5}
         )
         assert response.status_code == 202
-        accepted = response.json()
-        assert (accepted["request_id"], accepted["attributed_by"], accepted["position"]) == (
-            latest["request_id"],
-            "user",
-            None,
-        )
+        # Anyone can name a user: the answer says nothing of the exposure (no id, variant or position).
+        assert response.json() == {"status": "accepted", "attributed_by": "user"}
         assert router.rows("SELECT request_id, value, position FROM feedback") == [(latest["request_id"], 4.5, None)]
+
+
+def test_feedback_answers_do_not_tell_foreign_ids_from_unknown_ones(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        shown = router.client.get("/recommend/alice").json()
+        forged = shown["request_id"][:32] + "0" * 16  # the random half of a real id with a made-up tag
+        answers = [
+            router.client.post("/feedback", json={"request_id": rid, "user_id": "bob", "item_id": 1, "event": "click"})
+            for rid in (shown["request_id"], "0" * 48, forged)
+        ]
+        assert {
+            (a.status_code, a.json()["detail"].replace(rid, "ID"))
+            for a, rid in zip(answers, (shown["request_id"], "0" * 48, forged), strict=True)
+        } == {(404, "unknown request_id 'ID' for user 'bob'")}
+        assert router.rows("SELECT COUNT(*) FROM feedback") == [(0,)]
+
+
+def test_repeated_feedback_is_stored_once(tmp_path: Path, backends: dict[str, Backend]) -> None:
+    user = users_of("model_a", AB)[0]
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        shown = router.client.get(f"/recommend/{user}", params={"k": 3}).json()
+        click = {"request_id": shown["request_id"], "user_id": user, "item_id": shown["items"][0], "event": "click"}
+        for _ in range(3):
+            assert router.client.post("/feedback", json=click).status_code == 202
+        by_user = {"user_id": user, "item_id": shown["items"][0], "event": "click"}  # the same exposure, by user
+        assert router.client.post("/feedback", json=by_user).status_code == 202
+        assert router.client.post("/feedback", json={**click, "event": "watch"}).status_code == 202
+        assert router.rows("SELECT event, COUNT(*) FROM feedback GROUP BY event ORDER BY event") == [
+            ("click", 1),
+            ("watch", 1),
+        ]
+
+
+def test_feedback_by_user_picks_the_latest_to_arrive_when_answers_finish_out_of_order(
+    tmp_path: Path, backends: dict[str, Backend]
+) -> None:
+    user = users_of("model_a", AB)[0]
+    slow_path = f"/recommend/{user}?k=3"
+    backends["model_a"].control.held.add(slow_path)  # the first request to arrive finishes last
+    with running_router(settings_for(tmp_path, experiment(backends))) as router:
+        slow: list[dict[str, Any]] = []
+        first = threading.Thread(
+            target=lambda: slow.append(router.client.get(f"/recommend/{user}", params={"k": 3}).json())
+        )
+        first.start()
+        wait_until(lambda: backends["model_a"].control.seen == [slow_path], what="the slow request at the backend")
+        quick = router.client.get(f"/recommend/{user}", params={"k": 4}).json()
+        backends["model_a"].control.held.discard(slow_path)
+        first.join()
+        assert slow and slow[0]["request_id"] != quick["request_id"]
+        # "Latest" is the latest to arrive: the quick one, though the slow one was recorded after it.
+        by_user = {"user_id": user, "item_id": 1, "event": "click"}
+        assert router.client.post("/feedback", json=by_user).status_code == 202  # from the in-memory index
+        assert router.rows("SELECT request_id FROM feedback") == [(quick["request_id"],)]
+    with running_router(settings_for(tmp_path, experiment(backends))) as again:  # a new process: the store
+        assert again.client.post("/feedback", json={**by_user, "event": "watch"}).status_code == 202
+        assert again.rows("SELECT request_id FROM feedback WHERE event = 'watch'") == [(quick["request_id"],)]
 
 
 def test_feedback_that_cannot_be_attributed_is_refused_clearly(tmp_path: Path, backends: dict[str, Backend]) -> None:
     with running_router(settings_for(tmp_path, experiment(backends))) as router:
         shown = router.client.get("/recommend/alice").json()
         cases: list[tuple[dict[str, Any], int, str]] = [
-            ({"request_id": "0" * 32, "user_id": "alice", "item_id": 1, "event": "click"}, 404, "unknown request_id"),
-            (
-                {"request_id": shown["request_id"], "user_id": "bob", "item_id": 1, "event": "click"},
-                422,
-                "another user",
-            ),
+            ({"request_id": "0" * 48, "user_id": "alice", "item_id": 1, "event": "click"}, 404, "unknown request_id"),
+            ({"request_id": shown["request_id"], "user_id": "bob", "item_id": 1, "event": "click"}, 404, "unknown"),
+            ({"request_id": "0" * 32, "user_id": "alice", "item_id": 1, "event": "click"}, 422, "request_id"),
             ({"user_id": "nobody", "item_id": 1, "event": "click"}, 404, "no exposure for user 'nobody'"),
             ({"user_id": "alice", "item_id": "1", "event": "click"}, 422, "item_id"),
             ({"user_id": "alice", "item_id": 1}, 422, "event"),
@@ -358,6 +411,23 @@ def test_admin_requires_the_bearer_token(
         assert response.status_code == status
         if status == 401:
             assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_wrong_admin_tokens_are_throttled_per_address_and_logged(
+    tmp_path: Path, backends: dict[str, Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong, right = {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}"}
+    with running_router(settings_for(tmp_path, experiment(backends), admin_token=TOKEN)) as router:
+        assert router.client.post("/admin/reload", headers=right).status_code == 200  # success costs nothing
+        with caplog.at_level("WARNING", logger="router.admin_auth"):
+            statuses = [router.client.post("/admin/reload", headers=wrong).status_code for _ in range(12)]
+        assert statuses == [403] * 10 + [429] * 2
+        throttled = router.client.post("/admin/reload", headers=right)  # even the right token: no oracle
+        assert throttled.status_code == 429 and 1 <= int(throttled.headers["Retry-After"]) <= 60
+        assert any(
+            r.getMessage() == "wrong admin token" and getattr(r, "client", None) == "127.0.0.1" for r in caplog.records
+        )
+        assert router.client.get("/recommend/alice").status_code == 200  # only admin requests are refused
 
 
 def test_reload_applies_a_good_file_with_a_new_phase_and_refuses_a_bad_one(

@@ -101,7 +101,9 @@ class BlockingStore:
 
 def test_watcher_bounds_a_slow_round_and_never_runs_two_at_once(backends: dict[str, Backend]) -> None:
     config = build_config(three_variants(backends))
-    metrics = Metrics(lambda: {"written": {}, "lost": {}, "errors": {}, "pending": 0, "max_pending": 0})
+    metrics = Metrics(
+        lambda: {"written": {}, "lost": {}, "duplicates": {}, "errors": {}, "pending": 0, "max_pending": 0}
+    )
     store = BlockingStore()
     stops: list[Harm] = []
 
@@ -129,7 +131,9 @@ def test_watcher_bounds_a_slow_round_and_never_runs_two_at_once(backends: dict[s
 
 def test_watcher_skips_a_config_without_guardrails(backends: dict[str, Backend]) -> None:
     config = build_config({**three_variants(backends), "guardrails": []})
-    metrics = Metrics(lambda: {"written": {}, "lost": {}, "errors": {}, "pending": 0, "max_pending": 0})
+    metrics = Metrics(
+        lambda: {"written": {}, "lost": {}, "duplicates": {}, "errors": {}, "pending": 0, "max_pending": 0}
+    )
     store = BlockingStore()
 
     async def never(found: Harm) -> None:
@@ -150,7 +154,9 @@ def test_watcher_alerts_once_or_asks_for_a_stop_on_a_harmful_guardrail(
     users = {"model_a": 300, "model_b": 300}
     generated_store(path, users, {"model_a": 0.1, "model_b": 0.1}, HASH_WEIGHTS, plan, errors={"model_b": 0.3})
     config = build_config({**three_variants(backends, ("model_a", "model_b")), "guardrails": guardrails})
-    metrics = Metrics(lambda: {"written": {}, "lost": {}, "errors": {}, "pending": 0, "max_pending": 0})
+    metrics = Metrics(
+        lambda: {"written": {}, "lost": {}, "duplicates": {}, "errors": {}, "pending": 0, "max_pending": 0}
+    )
     stops: list[Harm] = []
 
     async def stop(found: Harm) -> None:

@@ -124,6 +124,14 @@ def postgres_backend(cluster: PostgresCluster) -> BackendFactory:
 BACKENDS = ("sqlite", "postgresql")
 
 
+def same_store(backend: StoreBackend) -> StoreBackend:
+    """A second, unopened backend over `backend`'s store: what another router process would open."""
+    if isinstance(backend, SQLiteBackend):
+        return SQLiteBackend(backend.path, busy_timeout_ms=50)
+    assert isinstance(backend, PostgresBackend), backend
+    return PostgresBackend(backend.url, connect_timeout=5.0)
+
+
 @pytest.fixture(params=BACKENDS)
 def new_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendFactory]:
     """A factory of fresh, unopened backends of one kind (each call: a new, empty store)."""

@@ -14,7 +14,7 @@ import pytest
 
 from router.errors import NoDataError
 from router.store import Exposure, ShadowCall, StoreBackend, VariantInfo
-from tests.store.conftest import BackendFactory, exposure, feedback_for, interleaved, shadow_call_for
+from tests.store.conftest import BackendFactory, exposure, feedback_for, interleaved, same_store, shadow_call_for
 
 
 @pytest.fixture
@@ -55,23 +55,67 @@ def test_errors_that_are_not_the_engines_are_not_classified(backend: StoreBacken
 def test_phases_continue_on_the_same_key_and_advance_on_a_change(backend: StoreBackend) -> None:
     assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (1, True)
     assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (1, False)  # a restart: same phase
-    assert backend.start_phase("rec-ab", "key-b", {"salt": "2"}) == (2, True)
-    assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}) == (3, True)  # back again is a new stretch
-    assert backend.start_phase("other", "key-a", {"salt": "1"}) == (4, True)
+    assert backend.start_phase("rec-ab", "key-b", {"salt": "2"}, current=1) == (2, True)
+    # The router that moved on and comes back starts a new stretch.
+    assert backend.start_phase("rec-ab", "key-a", {"salt": "1"}, current=2) == (3, True)
+    assert backend.start_phase("other", "key-a", {"salt": "1"}, current=3) == (4, True)
     with backend.snapshot() as snapshot:
         assert snapshot.phases() == (1, 2, 3, 4)
         assert snapshot.phase(2).config == {"salt": "2"}
         assert snapshot.phase(None).experiment == "other"
 
 
-def test_the_latest_exposure_is_the_latest_to_arrive_and_successful(backend: StoreBackend) -> None:
+def test_replicas_on_one_configuration_share_its_phase_while_a_reload_reaches_them(backend: StoreBackend) -> None:
+    assert backend.start_phase("rec-ab", "old", {"salt": "1"}) == (1, True)  # replicas A and B
+    assert backend.start_phase("rec-ab", "new", {"salt": "2"}, current=1) == (2, True)  # A reloads first
+    assert backend.start_phase("rec-ab", "old", {"salt": "1"}) == (1, False)  # C restarts on the old file
+    assert backend.start_phase("rec-ab", "new", {"salt": "2"}, current=1) == (2, False)  # B, then C, reload
+    with backend.snapshot() as snapshot:
+        assert snapshot.phases() == (1, 2)
+
+
+def test_a_guardrail_stop_is_never_bridged(backend: StoreBackend) -> None:
+    assert backend.start_phase("rec-ab", "plain", {"stopped": []}) == (1, True)
+    assert backend.start_phase("rec-ab", "stop", {"stopped": [{"variant": "b"}]}, current=1) == (2, True)
+    # A replica restarting without the stop does not rejoin the phase the stop ended.
+    assert backend.start_phase("rec-ab", "plain", {"stopped": []}) == (3, True)
+
+
+def test_the_latest_exposure_is_the_latest_to_arrive_and_successful_in_any_phase(backend: StoreBackend) -> None:
     late = exposure(1, user="alice", ts=200.0)
-    early = exposure(2, user="alice", ts=100.0)  # written after `late`, but it arrived first
+    early = exposure(2, user="alice", ts=100.0, phase=2)  # written after `late`, but it arrived first
     failed = exposure(3, user="alice", ts=300.0, status=504)
     backend.write([late, early, failed])
-    assert backend.latest_exposure("alice", 1) == late
-    assert backend.latest_exposure("alice", 2) is None
-    assert backend.latest_exposure("bob", 1) is None
+    assert backend.latest_exposure("alice") == late
+    assert backend.latest_exposure("bob") is None
+    tie = exposure(4, user="bob", ts=50.0)
+    other = replace(exposure(5, user="bob", ts=50.0), request_id="e" * 32)  # the same ts: request id decides
+    backend.write([tie, other])
+    assert backend.latest_exposure("bob") == max(tie, other, key=lambda e: e.request_id)
+
+
+def test_feedback_repeated_for_a_request_item_and_event_is_stored_once(backend: StoreBackend) -> None:
+    backend.start_phase("rec-ab", "k", {})
+    seen = exposure(7)
+    click = feedback_for(seen, seen.items[0])
+    assert not backend.write([seen, click])  # nothing skipped
+    # A retry, in another batch: skipped, not an error, and said so.
+    assert backend.write([click, replace(click, ts=click.ts + 1)]) == {"feedback": 2}
+    assert not backend.write([feedback_for(seen, seen.items[0], event="rating", value=3.0), feedback_for(seen, 4)])
+    with backend.snapshot() as snapshot:
+        assert snapshot.feedback_by_assignment(1) == {"strategy": 3}
+
+
+def test_a_shared_secret_is_the_first_one_kept(backend: StoreBackend) -> None:
+    first = backend.shared_secret("request_id_secret", "a" * 64)
+    assert first == "a" * 64
+    assert backend.shared_secret("request_id_secret", "b" * 64) == first
+    again = same_store(backend)  # another process on the same store
+    again.open()
+    try:
+        assert again.shared_secret("request_id_secret", "c" * 64) == first
+    finally:
+        again.close()
 
 
 def test_a_snapshot_of_an_empty_store_says_there_is_no_data(backend: StoreBackend) -> None:

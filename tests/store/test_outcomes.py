@@ -84,19 +84,21 @@ def test_attribution_finds_unflushed_and_flushed_exposures(tmp_path: Path) -> No
     path = tmp_path / "outcomes.sqlite3"
     store = sqlite_store(path, flush_interval=10.0)
     store.open()
-    early, late, failed = exposure(1, user="alice"), exposure(2, user="alice"), exposure(3, user="alice", status=504)
-    for seen in (early, late, failed):
+    early, failed = exposure(1, user="alice"), exposure(3, user="alice", status=504)
+    # The latest to arrive, in a later phase, finishing (recorded) before an earlier one of the first phase.
+    late, slow = exposure(2, user="alice", phase=2), exposure(0, user="alice", ts=early.ts - 5)
+    for seen in (early, late, slow, failed):
         store.record_exposure(seen)
 
     async def lookups(on: OutcomeStore) -> tuple[Exposure | None, Exposure | None, Exposure | None, Exposure | None]:
         return (
             await on.find_exposure(early.request_id),
-            await on.latest_exposure("alice", 1),
-            await on.latest_exposure("alice", 2),
+            await on.latest_exposure("alice"),
+            await on.latest_exposure("bob"),
             await on.find_exposure("f" * 32),
         )
 
-    # Not yet on disk: the in-memory index answers. The latest *successful* exposure is the user's latest.
+    # Not yet on disk: the in-memory index answers. The latest *successful* exposure to arrive is the user's latest.
     assert asyncio.run(lookups(store)) == (early, late, None, None)
     store.close()
     # A new process: the database answers.
@@ -120,7 +122,7 @@ def test_index_stays_bounded_and_lookups_fall_back_to_the_database(tmp_path: Pat
         assert len(store._by_request) <= 40  # the index keeps recent or unwritten exposures only
         found = asyncio.run(store.find_exposure(shown[0].request_id))
         assert found == shown[0]
-        assert asyncio.run(store.latest_exposure("u0", 1)) == shown[250]
+        assert asyncio.run(store.latest_exposure("u0")) == shown[250]
     finally:
         store.close()
 
@@ -212,3 +214,35 @@ def test_shadow_rows_are_refused_first_so_a_shadow_backlog_never_takes_the_room_
 def test_shadow_headroom_must_fit_the_queue(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shadow_headroom"):
         sqlite_store(tmp_path / "outcomes.sqlite3", max_pending=10, shadow_headroom=11)
+
+
+def test_a_lookup_waits_for_another_processs_write_and_the_waiters_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    here = sqlite_store(path, max_waiting=1)
+    there = sqlite_store(path, flush_interval=10.0)  # another replica on the same file, not flushing yet
+    here.open()
+    there.open()
+    served = exposure(1)
+    there.record_exposure(served)
+
+    async def scenario() -> tuple[Exposure | None, BaseException | None, Exposure | None]:
+        waiting = asyncio.create_task(here.find_exposure(served.request_id, within=30.0))
+        deadline = time.monotonic() + 10
+        while here._waiting == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll with a deadline
+            await asyncio.sleep(0.001)  # until the first lookup is waiting
+        assert here._waiting == 1
+        try:
+            await here.find_exposure("f" * 32, within=30.0)
+            refused: BaseException | None = None
+        except StoreOverloadedError as exc:  # a second waiter is one too many
+            refused = exc
+        await asyncio.to_thread(there.flush, 10.0)  # the other replica writes: the waiting lookup finds it
+        found = await waiting
+        return found, refused, await here.find_exposure("e" * 32, within=0.2)  # never written: None, bounded
+
+    try:
+        found, refused, missing = asyncio.run(scenario())
+        assert found == served and isinstance(refused, StoreOverloadedError) and missing is None
+    finally:
+        there.close()
+        here.close()

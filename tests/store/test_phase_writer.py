@@ -23,9 +23,11 @@ class ThreadRecordingBackend(SQLiteBackend):
         super().__init__(path, busy_timeout_ms=50)
         self.phase_threads: list[str] = []
 
-    def start_phase(self, experiment: str, config_key: str, design: Mapping[str, Any]) -> tuple[int, bool]:
+    def start_phase(
+        self, experiment: str, config_key: str, design: Mapping[str, Any], *, current: int | None = None
+    ) -> tuple[int, bool]:
         self.phase_threads.append(threading.current_thread().name)
-        return super().start_phase(experiment, config_key, design)
+        return super().start_phase(experiment, config_key, design, current=current)
 
 
 def test_phases_are_recorded_by_the_writer_thread_between_batches(tmp_path: Path) -> None:

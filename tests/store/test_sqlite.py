@@ -1,4 +1,4 @@
-"""What only the SQLite backend does: WAL, the schema version, migrating version-1 and -2 stores, a moved file."""
+"""What only the SQLite backend does: WAL, the schema version, migrating version-1, -2 and -4 stores, a moved file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from router.errors import StoreError, StoreFormatError
 from router.store import SQLiteBackend
 from router.store.schema import SCHEMA_VERSION, SHADOW_CALLS
 from router.store.sqlite import StoreFileMovedError
-from tests.store.conftest import exposure, interleaved, shadow_call_for
+from tests.store.conftest import exposure, feedback_for, interleaved, shadow_call_for
 
 V1_SCHEMA = Path(__file__).with_name("schema_v1.sql")
 V2_SCHEMA = Path(__file__).with_name("schema_v2.sql")
@@ -166,3 +166,41 @@ def test_a_file_that_is_not_sqlite_gives_a_clear_error(tmp_path: Path) -> None:
     path.write_text("this is not a database\n" * 100)
     with pytest.raises(StoreFormatError, match="not a SQLite database"), SQLiteBackend(path).snapshot():
         pass
+
+
+def test_a_version_4_store_is_migrated_keeping_the_first_of_each_repeated_feedback(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    current = SQLiteBackend(path)
+    current.open()
+    current.close()
+    seen = exposure(1)
+    click = feedback_for(seen, seen.items[0])
+    with sqlite3.connect(path) as conn:  # turn it into a version-4 store holding repeated clicks
+        conn.execute("DROP INDEX feedback_once")
+        conn.execute("DROP INDEX exposures_user_latest")
+        conn.execute("CREATE INDEX feedback_request ON feedback (request_id)")
+        conn.execute("CREATE INDEX exposures_user ON exposures (user_id, phase, ts)")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("INSERT INTO phases VALUES (1, 'rec-ab', 1.0, 'key', '{}')")
+    with sqlite3.connect(path) as conn:  # version 4 had no unique index: the repeats were stored
+        for ts in (5.0, 6.0, 7.0):
+            columns = {**click.columns(), "ts": ts}
+            conn.execute(
+                f"INSERT INTO feedback ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                tuple(columns.values()),
+            )
+    migrated = SQLiteBackend(path)
+    migrated.open()
+    try:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT ts FROM feedback").fetchall() == [(5.0,)]
+            indexes = {row[1]: row[2] for row in conn.execute("PRAGMA index_list(feedback)")}
+            assert indexes.get("feedback_once") == 1 and "feedback_request" not in indexes
+            exposure_indexes = {row[1] for row in conn.execute("PRAGMA index_list(exposures)")}
+            assert "exposures_user_latest" in exposure_indexes and "exposures_user" not in exposure_indexes
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
+        migrated.write([click])  # a repeat after the migration is skipped
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone() == (1,)
+    finally:
+        migrated.close()

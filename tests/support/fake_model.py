@@ -8,6 +8,7 @@
         control.fail_every = 20      # ... or fails every 20th /recommend (a 5 % error rate)
         control.seen                 # the /recommend paths it was asked for, in order
         control.arrived              # time.monotonic() when each /recommend arrived
+        control.held.add("/recommend/7?k=3")   # that request waits until the path is discarded again
 
 Items are a deterministic function of the user id (and the shift), so tests can predict them; the body carries
 the model's name, so a test can tell which backend answered.
@@ -46,6 +47,7 @@ class FakeModelControl:
     seen: list[str] = field(default_factory=list)  # "/recommend/{user_id}?k=N" for every call, in order
     headers: list[dict[str, str]] = field(default_factory=list)  # the request headers of every /recommend
     arrived: list[float] = field(default_factory=list)  # time.monotonic() at each /recommend's arrival
+    held: set[str] = field(default_factory=set)  # "/recommend/{user_id}?k=N" paths that wait while listed here
 
     def reset(self) -> None:
         self.delay, self.status, self.garbage, self.healthy = 0.0, 200, False, True
@@ -53,6 +55,7 @@ class FakeModelControl:
         self.seen.clear()
         self.headers.clear()
         self.arrived.clear()
+        self.held.clear()
 
 
 def items_for(user_id: str, k: int, shift: int = 0) -> list[int]:
@@ -79,6 +82,8 @@ def create_fake_model(name: str, control: FakeModelControl) -> FastAPI:
         control.headers.append(dict(request.headers))
         if control.delay:
             await asyncio.sleep(control.delay)  # the fault being simulated, not synchronisation
+        while f"{request.url.path}?{request.url.query}" in control.held:  # noqa: ASYNC110 - set by another thread
+            await asyncio.sleep(0.01)  # held by the test until it releases the path (answers out of order)
         if control.garbage:
             return Response(b"<html>not json", media_type="text/html")
         if control.status != 200 or (control.fail_every and len(control.seen) % control.fail_every == 0):
