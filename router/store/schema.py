@@ -20,6 +20,10 @@ Version history:
        version-2 rows need no backfill. Feedback on an interleaved exposure carries the position's team
        as its `variant`.
     4  shadow_calls: one row per finished shadow call (docs/shadow.md); an additive step, no existing row changes
+    5  (another branch's step; the lead merges it here)
+    6  weight_epochs and exposures.epoch: an adaptive strategy (thompson, epsilon_greedy) records each weight
+       epoch as a row (its points per variant, the totals they came from, P(best)); every exposure it assigns
+       records the epoch whose weights decided (NULL for every other exposure, so earlier rows need no backfill)
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -163,6 +167,12 @@ EXPOSURES = Table(
             "otherwise",
             nullable=True,
         ),
+        Column(
+            "epoch",
+            "integer",
+            "adaptive strategies: the weight epoch (weight_epochs.epoch) whose weights assigned it; NULL otherwise",
+            nullable=True,
+        ),
     ),
     indexes=(
         Index("exposures_phase_variant", ("phase", "variant")),
@@ -243,7 +253,27 @@ SHADOW_CALLS = Table(
     indexes=(Index("shadow_calls_phase_shadow", ("phase", "shadow", "request_id"), unique=True),),
 )
 
-TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS)
+WEIGHT_EPOCHS = Table(
+    "weight_epochs",
+    "one row per weight epoch of an adaptive phase (thompson, epsilon_greedy): the weights in force, versioned",
+    (
+        Column("phase", "integer", "the phase"),
+        Column("epoch", "integer", "0, 1, ...: epoch 0 splits evenly, each next one is computed from the outcomes"),
+        Column("strategy", "text", "'thompson' | 'epsilon_greedy'"),
+        Column("computed_at", "real", "Unix seconds, when the epoch started"),
+        Column("first_id", "integer", "exposures.id was at most this when the epoch started (counts what follows)"),
+        Column(
+            "weights_json",
+            "text",
+            "JSON: variants (config order), points (of 10,000: the propensities x 10,000), totals they came from "
+            "(exposures, reward_sum, reward_sum_squares), probability_best",
+        ),
+        Column("computed_by", "text", "the router process that computed it (host:pid)"),
+    ),
+    primary_key=("phase", "epoch"),
+)
+
+TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS, WEIGHT_EPOCHS)
 
 
 def _create_statements(table: Table, dialect: Dialect) -> tuple[str, ...]:
@@ -297,6 +327,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Shadow traffic: one new table and its indexes, nothing else touched (a self-contained, additive step).
     Migration(3, {dialect: _create_statements(SHADOW_CALLS, dialect) for dialect in ("sqlite", "postgresql")}),
+    # Adaptive traffic (issue 15): the step after version 5 (another branch's); the lead renumbers if needed.
+    # Additive: a nullable column (NULL is right for every earlier row, none was adaptive) and one new table.
+    Migration(
+        5,
+        {
+            dialect: (
+                "ALTER TABLE exposures ADD COLUMN epoch " + _TYPES[dialect]["integer"],
+                *_create_statements(WEIGHT_EPOCHS, dialect),
+            )
+            for dialect in ("sqlite", "postgresql")
+        },
+    ),
 )
 
 

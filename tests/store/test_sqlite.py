@@ -76,7 +76,7 @@ def test_a_version_2_store_is_migrated_on_open_and_its_rows_are_not_interleaved(
     with sqlite3.connect(path) as conn:
         conn.executescript(V2_SCHEMA.read_text(encoding="utf-8"))
         conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
-        columns = [c for c in old.columns() if c not in ("teams", "failed_variant")]
+        columns = [c for c in old.columns() if c not in ("teams", "failed_variant", "epoch")]
         conn.execute(
             f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             tuple(old.columns()[c] for c in columns),
@@ -106,7 +106,7 @@ def test_a_version_2_store_is_migrated_on_open_with_the_shadow_calls_table(tmp_p
     old = SQLiteBackend(path)
     old_exposure = exposure(1)
     with sqlite3.connect(path) as conn:  # a row written by the version-2 router
-        columns = {k: v for k, v in old_exposure.columns().items() if k not in ("teams", "failed_variant")}
+        columns = {k: v for k, v in old_exposure.columns().items() if k not in ("teams", "failed_variant", "epoch")}
         conn.execute(
             f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             tuple(columns.values()),
