@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_the_bandit_section_is_validated_and_recorded_by_the_phase() -> None:
     assert phase_key(adaptive) != phase_key(config()) != phase_key(config(strategy="epsilon_greedy"))
     # poll_seconds moves nobody: same phase
     assert phase_key(config(bandit={"poll_seconds": 5})) == phase_key(config())
-    refused = {
+    refused: dict[str, tuple[dict[str, Any], str]] = {
         "under hash": ({"strategy": "hash", "bandit": {"epsilon": 0.2}}, "apply to strategies thompson"),
         "floor too high": ({"bandit": {"min_share": 0.5}, "variants": [*VARIANTS, {**VARIANTS[0], "name": "c"}]}, ">"),
         "prior of the other reward": ({"bandit": {"prior": {"alpha": 2}, "reward": "value"}}, "do not apply"),

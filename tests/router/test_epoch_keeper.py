@@ -25,7 +25,7 @@ from router.config import RouterSettings
 from router.store import OutcomeStore, SQLiteBackend
 from router.store.epochs import StoredEpoch
 from tests.reliability.services import Service, router_service, store_path
-from tests.router.conftest import write_config, wait_until
+from tests.router.conftest import wait_until, write_config
 from tests.support.fake_model import serve_fake_model
 from tests.support.servers import serve
 
@@ -74,8 +74,7 @@ def visit(client: httpx.Client, url: str, user: str, rng: random.Random) -> dict
 
 
 def bandit_health(client: httpx.Client, router: Service) -> dict[str, Any]:
-    health: dict[str, Any] = client.get(router.url + "/health").json()
-    return health["bandit"]
+    return bandit_health_of(client, router.url)
 
 
 def test_two_routers_on_one_store_compute_each_epoch_once_and_both_serve_it(
@@ -90,7 +89,11 @@ def test_two_routers_on_one_store_compute_each_epoch_once_and_both_serve_it(
         with sqlite3.connect(path) as conn:
             latest = conn.execute("SELECT MAX(epoch) FROM weight_epochs").fetchone()[0]
         for router in two_routers:  # both serve the latest epoch from their next poll
-            wait_until(lambda r=router: bandit_health(client, r)["epoch"] >= latest, what="both routers on the epoch")
+
+            def on_latest(router: Service = router) -> bool:
+                return bool(bandit_health(client, router)["epoch"] >= latest)
+
+            wait_until(on_latest, what="both routers on the latest epoch")
             assert bandit_health(client, router)["status"] == "current"
     for router in two_routers:
         router.stop()  # flushes every queued exposure
@@ -165,5 +168,6 @@ def test_a_router_that_cannot_read_the_epochs_keeps_its_weights_and_says_so(
 
 
 def bandit_health_of(client: httpx.Client, url: str) -> dict[str, Any]:
-    health: dict[str, Any] = json.loads(client.get(f"{url}/health").content)
-    return health["bandit"]
+    bandit = json.loads(client.get(f"{url}/health").content)["bandit"]
+    assert isinstance(bandit, dict)
+    return bandit

@@ -11,8 +11,8 @@ from router.bandit import ThompsonSettings, UpdateInterval, ValueReward
 from router.epochs import EpochPlan, next_epoch
 from router.store import SQLiteBackend
 from router.store.epochs import StoredEpoch
-from router.store.schema import SCHEMA_VERSION, WEIGHT_EPOCHS
 from router.store.records import Exposure
+from router.store.schema import SCHEMA_VERSION, WEIGHT_EPOCHS
 from tests.store.conftest import BackendFactory, exposure, feedback_for
 
 V2_SCHEMA = Path(__file__).with_name("schema_v2.sql")
