@@ -5,7 +5,7 @@ abtest train model_a                       # train and save an artefact, with of
 abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --concurrency 20 --seed 7
 abtest report [--results-dir DIR] [--phase N] [--truth [SPEC]]
 abtest promote model_c [--weight W] [--config router/experiment.yaml]   # a shadow becomes a variant
-abtest bench models|router|store|sensitivity|shadow|all
+abtest bench models|router|store|sensitivity|shadow|bandit|all
 
 `abtest COMMAND --help` shows every option with its default and a few examples. Exit codes: 0 done,
 1 done but nothing to show (no exposures, no data), 2 usage or configuration error (nothing was done).
@@ -68,13 +68,19 @@ def _bench_sensitivity(args: argparse.Namespace) -> None:
     sensitivity.run(args.results_dir)
 
 
+def _bench_bandit(args: argparse.Namespace) -> None:
+    from abtest.bench import bandit
+
+    bandit.run(args.results_dir)
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
     "models": _bench_models,
     "store": _bench_store,
     "router": _bench_router,
     "sensitivity": _bench_sensitivity,
     "shadow": _bench_shadow,
-    "bandit": None,
+    "bandit": _bench_bandit,
 }
 BENCH_ALL = ("models", "store", "router")
 
@@ -118,6 +124,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         results_dir=args.results_dir,
         models_dir=args.models_dir,
         data_spec=args.data,
+        strategy=args.strategy,
     )
     try:
         return serve_forever(config)
@@ -289,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  abtest up\n"
             "  abtest up --config my-experiment.yaml --port 9080\n"
             "  abtest up --data movielens        # MovieLens ml-latest-small (pip install 'ab-router[movielens]')\n"
+            "  abtest up --strategy thompson     # a bandit phase: traffic moves toward the better model\n"
             "  kill -HUP <pid of abtest up>      # reload the experiment config (forwarded to the router)"
         ),
     )
@@ -301,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--results-dir", type=Path, default=_results_dir(), help="outcome store and reports ($RESULTS_DIR)")
     up.add_argument("--models-dir", type=Path, default=default_models_dir(), help="model artefacts ($MODELS_DIR)")
     up.add_argument("--data", help="data spec (default: $ABTEST_DATA, else the embedded synthetic set)")
+    up.add_argument(
+        "--strategy",
+        help="override the config's strategy, e.g. thompson or epsilon_greedy for a bandit phase (docs/bandits.md)",
+    )
     up.set_defaults(run=_cmd_up)
 
     train = _add_command(
@@ -386,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  abtest bench models               # each model server's cost\n"
             "  abtest bench store                # outcome writes/s; its last step overloads the store on purpose\n"
             "  abtest bench router --rounds 1 --seconds 3 --soak-seconds 0\n"
+            "  abtest bench bandit               # Thompson, epsilon-greedy, 50/50: clicks, regret, OPE\n"
             "  abtest bench all"
         ),
     )
