@@ -47,6 +47,7 @@ class EpochPlan:
     variants: tuple[str, ...]
     settings: ThompsonSettings | EpsilonGreedySettings
     poll_seconds: float
+    salt: str
 
     @classmethod
     def of(cls, config: ExperimentConfig, phase: int) -> EpochPlan:
@@ -56,6 +57,7 @@ class EpochPlan:
             tuple(v.name for v in config.variants),
             config.bandit_settings,
             config.bandit.poll_seconds,
+            config.salt,
         )
 
     def due(self, epoch: StoredEpoch, exposures: int, now: float) -> bool:
@@ -109,7 +111,7 @@ class PhaseEpochs:
         self.plan = plan
         self.moved = dict(moved)
         self.stored = stored
-        self.table = _table(stored, self.moved)
+        self.table = _table(plan, stored, self.moved)
         self.stale_since: float | None = None
         self.error: str | None = None
         self.last_read_at = time.time()
@@ -120,7 +122,7 @@ class PhaseEpochs:
 
     def publish(self, stored: StoredEpoch) -> None:
         if stored.epoch != self.stored.epoch:
-            self.stored, self.table = stored, _table(stored, self.moved)
+            self.stored, self.table = stored, _table(self.plan, stored, self.moved)
             log.info(
                 "weight epoch",
                 extra={
@@ -159,8 +161,8 @@ class PhaseEpochs:
         }
 
 
-def _table(stored: StoredEpoch, moved: Mapping[str, str]) -> EpochTable:
-    return EpochTable(stored.epoch, stored.variants, stored.points, moved)
+def _table(plan: EpochPlan, stored: StoredEpoch, moved: Mapping[str, str]) -> EpochTable:
+    return EpochTable(stored.epoch, stored.variants, stored.points, plan.salt, moved)
 
 
 class EpochKeeper:

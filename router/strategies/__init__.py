@@ -130,9 +130,8 @@ def _adaptive(name: str) -> Callable[[SplitInputs], Strategy]:
     def build(inputs: SplitInputs) -> Strategy:
         source = inputs.epochs
         if source is None:
-            table = even_table([variant for variant, _ in inputs.weights])
-            source = FixedEpoch(EpochTable(0, table.variants, table.points, inputs.moved))
-        return AdaptiveStrategy(name, source, inputs.salt)
+            source = FixedEpoch(even_table([variant for variant, _ in inputs.weights], 0, inputs.salt, inputs.moved))
+        return AdaptiveStrategy(name, source)
 
     return build
 

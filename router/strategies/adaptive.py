@@ -1,7 +1,7 @@
 """`thompson` and `epsilon_greedy`: sticky per user within a weight epoch, with the epoch's exact propensity.
 
-    table = EpochTable(epoch=0, variants=("model_a", "model_b"), points=(5000, 5000))
-    strategy = AdaptiveStrategy("thompson", FixedEpoch(table), salt="s")
+    table = EpochTable(epoch=0, variants=("model_a", "model_b"), points=(5000, 5000), salt="s")
+    strategy = AdaptiveStrategy("thompson", FixedEpoch(table))
     strategy.assign("42")                  # Assignment(variant=..., propensity=0.5, epoch=0)
 
 The weights are not computed here: an epoch keeper (router.epochs) reads each epoch from the store, computes
@@ -30,17 +30,20 @@ ADAPTIVE_STRATEGIES = ("thompson", "epsilon_greedy")
 class EpochTable:
     """One epoch's weights as the hot path uses them: `points[i]` of POINTS hash points belong to `variants[i]`.
 
-    `moved` relabels a variant stopped by a guardrail to the variant that serves its units (the control): its
-    range keeps its place, so nobody else moves, and the serving variant's propensity is the sum of its ranges.
+    `salt` is the experiment's: the table hashes units with it and the epoch number (`epoch_point`), the
+    prefix precomputed so that a request costs what `hash` costs. `moved` relabels a variant stopped by a
+    guardrail to the variant that serves its units (the control): its range keeps its place, so nobody else
+    moves, and the serving variant's propensity is the sum of its ranges.
     """
 
     epoch: int
     variants: tuple[str, ...]
     points: tuple[int, ...]
+    salt: str = ""
     moved: Mapping[str, str] = field(default_factory=dict)
     _ends: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _assignments: tuple[Assignment, ...] = field(init=False, repr=False, compare=False)
-    _salt_suffix: str = field(init=False, repr=False, compare=False)
+    _prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.variants) != len(self.points) or not self.variants:
@@ -53,11 +56,11 @@ class EpochTable:
             totals[owner] = totals.get(owner, 0) + count
         object.__setattr__(self, "_ends", tuple(itertools.accumulate(self.points)))
         object.__setattr__(self, "_assignments", tuple(Assignment(o, totals[o] / POINTS, self.epoch) for o in owners))
-        object.__setattr__(self, "_salt_suffix", epoch_salt("", self.epoch))
+        object.__setattr__(self, "_prefix", epoch_salt(self.salt, self.epoch))
 
-    def assign(self, salt: str, unit_id: str) -> Assignment:
+    def assign(self, unit_id: str) -> Assignment:
         """The unit's variant in this epoch, its propensity (points / POINTS) and the epoch number."""
-        point = fnv1a32(str(fnv1a32(salt + self._salt_suffix + unit_id))) % POINTS  # = hashing.epoch_point
+        point = fnv1a32(str(fnv1a32(self._prefix + unit_id))) % POINTS  # = hashing.epoch_point(salt, epoch, unit)
         return self._assignments[bisect.bisect_right(self._ends, point)]
 
     def propensity(self, variant: str) -> float:
@@ -65,14 +68,17 @@ class EpochTable:
         return next((a.propensity for a in self._assignments if a.variant == variant), 0.0)
 
 
-def even_table(variants: Sequence[str], epoch: int = 0) -> EpochTable:
+def even_table(
+    variants: Sequence[str], epoch: int = 0, salt: str = "", moved: Mapping[str, str] | None = None
+) -> EpochTable:
     """An even split over `variants` in whole points (the first variants get the remainder): epoch 0's weights.
 
     >>> even_table(("a", "b", "c")).points
     (3334, 3333, 3333)
     """
     base, extra = divmod(POINTS, len(variants))
-    return EpochTable(epoch, tuple(variants), tuple(base + (1 if i < extra else 0) for i in range(len(variants))))
+    points = tuple(base + (1 if i < extra else 0) for i in range(len(variants)))
+    return EpochTable(epoch, tuple(variants), points, salt, moved or {})
 
 
 class EpochSource(Protocol):
@@ -102,7 +108,6 @@ class AdaptiveStrategy:
 
     strategy_name: str
     source: EpochSource
-    salt: str
     _current: Callable[[], EpochTable] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +124,7 @@ class AdaptiveStrategy:
         return "user"
 
     def assign(self, unit_id: str) -> Assignment:
-        return self._current().assign(self.salt, unit_id)
+        return self._current().assign(unit_id)
 
     def observe(self, outcome: Outcome) -> None:
         """Outcomes are read from the store once per epoch, not one by one (every replica must agree)."""

@@ -38,10 +38,10 @@ def test_the_hot_path_table_assigns_exactly_as_the_bandit_core_with_its_propensi
         (VariantTotals(1000, 100), VariantTotals(1000, 118)),
         computed_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    table = EpochTable(weights.epoch, weights.variants, weights.points)
+    table = EpochTable(weights.epoch, weights.variants, weights.points, "s")
     users = [f"user-{i}" for i in range(5000)]
-    assert [table.assign("s", u) for u in users] == [weights.assign("s", u) for u in users]
-    shares = {name: sum(table.assign("s", u).variant == name for u in users) / len(users) for name in weights.variants}
+    assert [table.assign(u) for u in users] == [weights.assign("s", u) for u in users]
+    shares = {name: sum(table.assign(u).variant == name for u in users) / len(users) for name in weights.variants}
     for name in weights.variants:  # within 4 binomial standard errors of the exact propensity
         p = weights.propensity(name)
         assert abs(shares[name] - p) < 4 * (p * (1 - p) / len(users)) ** 0.5
@@ -49,8 +49,8 @@ def test_the_hot_path_table_assigns_exactly_as_the_bandit_core_with_its_propensi
 
 
 def test_a_stopped_variants_range_is_served_by_the_control_with_the_summed_propensity() -> None:
-    table = EpochTable(2, ("a", "b", "c"), (2000, 3000, 5000), moved={"b": "a"})
-    seen = {table.assign("s", f"u{i}") for i in range(3000)}
+    table = EpochTable(2, ("a", "b", "c"), (2000, 3000, 5000), "s", moved={"b": "a"})
+    seen = {table.assign(f"u{i}") for i in range(3000)}
     assert {(x.variant, x.propensity, x.epoch) for x in seen} == {("a", 0.5, 2), ("c", 0.5, 2)}
     assert table.propensity("b") == 0.0
     with pytest.raises(ValueError, match="sum to"):
@@ -60,17 +60,17 @@ def test_a_stopped_variants_range_is_served_by_the_control_with_the_summed_prope
 def test_the_strategy_reads_the_current_table_on_every_request_sticky_within_an_epoch() -> None:
     class Switch:
         def __init__(self) -> None:
-            self.table = even_table(("a", "b"))
+            self.table = even_table(("a", "b"), salt="s")
 
         def current(self) -> EpochTable:
             return self.table
 
     source = Switch()
-    strategy = AdaptiveStrategy("epsilon_greedy", source, salt="s")
+    strategy = AdaptiveStrategy("epsilon_greedy", source)
     first = [strategy.assign(f"u{i}") for i in range(200)]
     assert first == [strategy.assign(f"u{i}") for i in range(200)]  # deterministic: same user, same epoch
     assert {a.epoch for a in first} == {0} and {a.propensity for a in first} == {0.5}
-    source.table = EpochTable(1, ("a", "b"), (500, 9500))
+    source.table = EpochTable(1, ("a", "b"), (500, 9500), "s")
     second = [strategy.assign(f"u{i}") for i in range(200)]
     assert {a.epoch for a in second} == {1} and sum(a.variant == "b" for a in second) > 170
     assert strategy.unit == "user" == unit_of("thompson") == unit_of("epsilon_greedy")
@@ -80,7 +80,7 @@ def test_built_from_the_registry_without_a_keeper_it_serves_an_even_epoch_zero()
     strategy = build_strategy("thompson", SplitInputs((("a", 0.9), ("b", 0.1)), salt="s"))
     assert {strategy.assign(f"u{i}").propensity for i in range(100)} == {0.5}  # configured weights are not used
     assert even_table(("a", "b", "c")).points == (3334, 3333, 3333) and sum(even_table(["x"] * 7).points) == POINTS
-    keeper_table = EpochTable(3, ("a", "b"), (100, 9900))
+    keeper_table = EpochTable(3, ("a", "b"), (100, 9900), "s")
     assert (
         build_strategy("thompson", SplitInputs((("a", 1), ("b", 1)), "s", epochs=FixedEpoch(keeper_table)))
         .assign("u")

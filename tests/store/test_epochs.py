@@ -22,7 +22,7 @@ VARIANTS = ("model_a", "model_b")
 
 def plan(exposures: int = 4, **settings: object) -> EpochPlan:
     return EpochPlan(
-        1, "thompson", VARIANTS, ThompsonSettings(update=UpdateInterval(exposures=exposures), **settings), 1.0
+        1, "thompson", VARIANTS, ThompsonSettings(update=UpdateInterval(exposures=exposures), **settings), 1.0, "s"
     )
 
 
