@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,9 @@ import pytest
 from router.bandit import ThompsonSettings, VariantTotals, compute_epoch
 from router.config import ExperimentConfig, phase_design, phase_key
 from router.errors import ConfigError
+from router.guardrails import GuardrailWatcher, Harm
+from router.metrics import Metrics
+from router.store import OutcomeStore, SQLiteBackend
 from router.strategies import (
     POINTS,
     AdaptiveStrategy,
@@ -107,3 +112,22 @@ def test_the_bandit_section_is_validated_and_recorded_by_the_phase() -> None:
     for changes, message in refused.values():
         with pytest.raises((ValueError, ConfigError), match=message):
             config(**changes)
+
+
+def test_guardrails_are_not_judged_under_an_adaptive_strategy(tmp_path: Path) -> None:
+    """Their A/B comparisons assume fixed weights; the bandit moves traffic off a failing variant itself."""
+    guardrail = {"metric": "error_rate", "tolerance": {"margin": 0.02, "relative": False}, "action": "stop"}
+    store = OutcomeStore(SQLiteBackend(tmp_path / "outcomes.sqlite3"))  # never opened: a judged round would fail
+
+    async def stop(harm: Harm) -> int | None:
+        raise AssertionError("nothing may be stopped")
+
+    for strategy, judged in (("thompson", False), ("hash", True)):
+        current = config(strategy=strategy, guardrails=[guardrail])
+
+        def live(current: ExperimentConfig = current) -> tuple[ExperimentConfig, int]:
+            return current, 1
+
+        watcher = GuardrailWatcher(store, live, stop, Metrics(store.stats), interval=1, timeout=5)
+        spent = asyncio.run(watcher.check_once())
+        assert (spent > 0) is judged
