@@ -55,6 +55,8 @@ def test_thompson_through_the_real_stack_moves_traffic_to_the_truly_better_model
     assert abs(shares[0][1] - 0.5) < 0.15  # epoch 0: an even split
     assert shares[-2][1] > 0.75 and shares[-1][1] > 0.75  # the last epochs serve mostly the better model
     assert summary.exposures_by_variant[better] > 0.6 * 4000
+    tenths = summary.shares_by_tenth(better)  # what the simulator itself saw: the share grows over the run
+    assert tenths[0] is not None and tenths[-1] is not None and tenths[-1] > tenths[0] + 0.2
     weights = yaml.safe_load(last_weights[0])
     assert weights["points"][weights["variants"].index(better)] >= 7500
     report = build_report(SQLiteBackend(path))
