@@ -6,7 +6,7 @@ abtest simulate --url http://localhost:8080 --users 1000 --requests 20000 --conc
 abtest report [--results-dir DIR] [--phase N] [--truth [SPEC]]
 abtest export [--phase N] [--format csv|parquet] [--out DIR]             # a phase's rows for notebooks
 abtest promote model_c [--weight W] [--config router/experiment.yaml]   # a shadow becomes a variant
-abtest bench models|router|store|sensitivity|shadow|all
+abtest bench models|router|store|sensitivity|shadow|bandit|all
 
 `abtest COMMAND --help` shows every option with its default and a few examples. Exit codes: 0 done,
 1 done but nothing to show (no exposures, no data), 2 usage or configuration error (nothing was done).
@@ -31,12 +31,7 @@ from recsys.training import DEFAULT_SEED, MODEL_NAMES, default_models_dir, train
 if TYPE_CHECKING:
     from router.report.load import SnapshotSource
 
-#: Names kept for commands that are coming. Registering one is `commands.add_parser(name, ...)` in build_parser;
-#: until then they answer with a clear "not yet".
-RESERVED_COMMANDS: tuple[str, ...] = ()
 
-
-#: Benchmarks by name; the names reserved for coming ones (None) answer with a clear "not yet".
 def _bench_models(args: argparse.Namespace) -> None:
     from abtest.bench import models
 
@@ -84,14 +79,21 @@ def _bench_sensitivity(args: argparse.Namespace) -> None:
     sensitivity.run(args.results_dir)
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], None] | None] = {
+def _bench_bandit(args: argparse.Namespace) -> None:
+    from abtest.bench import bandit
+
+    bandit.run(args.results_dir)
+
+
+#: Benchmarks by name (`abtest bench NAME`; `all` runs BENCH_ALL in order).
+BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "models": _bench_models,
     "store": _bench_store,
     "router": _bench_router,
     "sensitivity": _bench_sensitivity,
     "shadow": _bench_shadow,
     "report": _bench_report,
-    "bandit": None,
+    "bandit": _bench_bandit,
 }
 BENCH_ALL = ("models", "store", "router")
 
@@ -135,6 +137,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         results_dir=args.results_dir,
         models_dir=args.models_dir,
         data_spec=args.data,
+        strategy=args.strategy,
     )
     try:
         return serve_forever(config)
@@ -279,9 +282,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     names = BENCH_ALL if args.what == "all" else (args.what,)
     for number, name in enumerate(names, 1):
         bench = BENCHES[name]
-        if bench is None:
-            print(f"abtest bench {name}: not available in this version yet", file=sys.stderr)
-            return 2
         if len(names) > 1:
             print(f"\n== abtest bench {name} ({number}/{len(names)}) ==", flush=True)
         bench(args)
@@ -330,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  abtest up\n"
             "  abtest up --config my-experiment.yaml --port 9080\n"
             "  abtest up --data movielens        # MovieLens ml-latest-small (pip install 'ab-router[movielens]')\n"
+            "  abtest up --strategy thompson     # a bandit phase: traffic moves toward the better model\n"
             "  kill -HUP <pid of abtest up>      # reload the experiment config (forwarded to the router)"
         ),
     )
@@ -342,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--results-dir", type=Path, default=_results_dir(), help="outcome store and reports ($RESULTS_DIR)")
     up.add_argument("--models-dir", type=Path, default=default_models_dir(), help="model artefacts ($MODELS_DIR)")
     up.add_argument("--data", help="data spec (default: $ABTEST_DATA, else the embedded synthetic set)")
+    up.add_argument(
+        "--strategy",
+        help="override the config's strategy, e.g. thompson or epsilon_greedy for a bandit phase (docs/bandits.md)",
+    )
     up.set_defaults(run=_cmd_up)
 
     train = _add_command(
@@ -451,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  abtest bench store                # outcome writes/s; its last step overloads the store on purpose\n"
             "  abtest bench router --rounds 1 --seconds 3 --soak-seconds 0\n"
             "  abtest bench report --store-url postgresql://postgres@127.0.0.1:5432/postgres   # both backends\n"
+            "  abtest bench bandit               # Thompson, epsilon-greedy, 50/50: clicks, regret, OPE\n"
             "  abtest bench all"
         ),
     )
@@ -490,14 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    reserved = next((name for name in RESERVED_COMMANDS if arguments[:1] == [name]), None)
-    bench_reserved = arguments[:1] == ["bench"] and any(
-        arguments[1:2] == [name] for name, run in BENCHES.items() if run is None
-    )
-    if reserved or bench_reserved:
-        command = reserved or f"bench {arguments[1]}"
-        print(f"abtest {command}: not available in this version yet", file=sys.stderr)
-        return 2
     args = build_parser().parse_args(arguments)
     try:
         return int(args.run(args))

@@ -132,6 +132,12 @@ class SimulationSummary:
     model_truth: dict[str, float] | None = None
     elapsed_seconds: float = 0.0
     stopped_by: str = "requests"
+    #: answered exposures per variant in each tenth of the run (by request number): how a bandit moves traffic
+    exposures_by_tenth: list[Counter[str]] = field(default_factory=lambda: [Counter() for _ in range(10)])
+
+    def shares_by_tenth(self, variant: str) -> list[float | None]:
+        """The variant's share of the answered exposures in each tenth of the run (None for an empty tenth)."""
+        return [c[variant] / total if (total := sum(c.values())) else None for c in self.exposures_by_tenth]
 
     def ctr(self, variant: str) -> float | None:
         """The report's CTR: share of the variant's exposures with at least one click (None before any)."""
@@ -179,6 +185,7 @@ class SimulationSummary:
             "transport_errors": dict(self.transport_errors),
             "unique_users": len(self.users),
             "population": self.population,
+            "shares_by_tenth": {v: self.shares_by_tenth(v) for v in variants},
             "elapsed_seconds": round(self.elapsed_seconds, 2),
             "stopped_by": self.stopped_by,
         }
@@ -204,6 +211,14 @@ class SimulationSummary:
             lines.append(
                 f"  {variant}: {shown} exposures, CTR {_percent(self.ctr(variant))} (exposures with at least one "
                 f"click), {_plain(self.clicks_per_exposure(variant))} clicks per exposure ({clicks} clicks)"
+            )
+        tenths = {v: self.shares_by_tenth(v) for v in sorted(self.exposures_by_variant)}
+        if tenths:
+            lines.append(
+                "share of exposures by tenth of the run (a bandit moves it): "
+                + "; ".join(
+                    f"{v} " + " ".join("-" if s is None else f"{s:.0%}" for s in shares) for v, shares in tenths.items()
+                )
             )
         preferred = self.ground_truth_prefers()
         expected = ", ".join(f"{v} {_percent(self.expected_ctr(v))}" for v in sorted(self.exposures_by_variant))
@@ -338,6 +353,7 @@ async def _one_visit(
     body = response.json()
     variant, request_id, items = body["variant"], body["request_id"], body["items"]
     summary.exposures_by_variant[variant] += 1
+    summary.exposures_by_tenth[min(9, number * 10 // max(config.requests, 1))][variant] += 1
     rows = np.array([population.item_rows.get(int(item), -1) for item in items], dtype=np.intp)
     known = rows >= 0
     affinities = np.full(len(rows), -np.inf)

@@ -69,6 +69,8 @@ class StackConfig:
     models_dir: Path = Path("models")
     data_spec: str | None = None
     startup_timeout: float = 120.0
+    strategy: str | None = None
+    """Overrides the config's strategy (ROUTER_STRATEGY), e.g. `thompson` to run a bandit phase."""
 
     def model_url(self, name: str) -> str:
         return f"http://{self.host}:{self.model_ports[name]}"
@@ -113,6 +115,8 @@ def _service_env(config: StackConfig) -> dict[str, str]:
     }
     if config.data_spec:
         env["ABTEST_DATA"] = config.data_spec
+    if config.strategy:
+        env["ROUTER_STRATEGY"] = config.strategy
     return env
 
 
@@ -127,7 +131,9 @@ def check_router_config(config: StackConfig) -> None:
     from router.errors import ConfigError
 
     try:
-        settings = RouterSettings(config_path=config.config, variant_urls=_variant_urls(config))
+        settings = RouterSettings(
+            config_path=config.config, variant_urls=_variant_urls(config), strategy=config.strategy
+        )
         load_config(settings)
     except ValidationError as exc:
         raise StackConfigError(f"invalid router environment settings:\n{exc}") from exc

@@ -39,7 +39,10 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import special
 
-from router.strategies import POINTS, Assignment, unit_point
+from router.strategies.base import Assignment
+from router.strategies.hashing import POINTS
+from router.strategies.hashing import epoch_point as epoch_point  # re-exported: the hashes live together
+from router.strategies.hashing import epoch_salt as epoch_salt
 
 #: Quadrature nodes for P(best): the result is within 1 / (2 * nodes) of the exact value (see probability_best).
 DEFAULT_NODES = 4096
@@ -428,20 +431,6 @@ class EpochWeights:
         """Sticky within the epoch: the unit's GrowthBook hash point for this epoch, through the cumulative points."""
         variant = self.variant_at(epoch_point(salt, self.epoch, unit_id))
         return Assignment(variant, self.propensity(variant), self.epoch)
-
-
-def epoch_salt(salt: str, epoch: int) -> str:
-    """The salt that hashes units in `epoch`: the experiment's salt with the epoch number.
-
-    >>> epoch_salt("seed", 3)
-    'seed:epoch3'
-    """
-    return f"{salt}:epoch{epoch}"
-
-
-def epoch_point(salt: str, epoch: int, unit_id: str) -> int:
-    """The unit's integer hash point in [0, POINTS) for `epoch` (GrowthBook v2's hash, times POINTS)."""
-    return round(unit_point(epoch_salt(salt, epoch), unit_id) * POINTS)  # unit_point is (hash % POINTS) / POINTS
 
 
 def compute_epoch(

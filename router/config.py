@@ -36,10 +36,19 @@ from pydantic import (
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router.bandit import (
+    BetaPrior,
+    EpsilonGreedySettings,
+    FeedbackReward,
+    NormalGammaPrior,
+    ThompsonSettings,
+    UpdateInterval,
+    ValueReward,
+)
 from router.configfile import ConfigFileReader
 from router.errors import ConfigError
 from router.store import default_store_url
-from router.strategies import STRATEGIES, Unit, fan_out_of
+from router.strategies import ADAPTIVE_STRATEGIES, STRATEGIES, Unit, fan_out_of
 
 #: A variant name: also a header value and a metrics label, so it is kept plain.
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
@@ -237,6 +246,174 @@ class Timeouts(BaseModel):
         description="Seconds to wait for a free pooled connection (exceeded: 504).",
         json_schema_extra=SAME_PHASE,
     )
+
+
+ADAPTIVE_PHASE: JsonDict = {"x-on-reload": "new phase under thompson / epsilon_greedy (ignored otherwise)"}
+
+
+class BanditPrior(BaseModel):
+    """The prior of an adaptive strategy's posterior: Beta for a feedback reward, Normal-Gamma for a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Feedback reward: the Beta prior's alpha (prior successes + 1); unset means 1 (uniform prior).",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    beta: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Feedback reward: the Beta prior's beta (prior failures + 1); unset means 1.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    mean: float | None = Field(
+        default=None,
+        ge=-1e9,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Value reward: the prior guess of a variant's mean value; unset means 0.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Value reward: how many exposures the prior mean is worth (kappa0); unset means 0.01 (weak).",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    shape: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Value reward: the Gamma prior's shape on the precision (alpha0); unset means 1.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Value reward: the Gamma prior's rate on the precision (beta0); unset means 1.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+
+    def resolve(self, reward: Literal["feedback", "value"]) -> BetaPrior | NormalGammaPrior:
+        """The bandit core's prior for `reward`; ValueError when a set field belongs to the other reward."""
+        beta_fields = {"alpha": self.alpha, "beta": self.beta}
+        normal_fields = {"mean": self.mean, "strength": self.strength, "shape": self.shape, "rate": self.rate}
+        wrong = normal_fields if reward == "feedback" else beta_fields
+        misplaced = [name for name, value in wrong.items() if value is not None]
+        if misplaced:
+            fits = "alpha, beta" if reward == "feedback" else "mean, strength, shape, rate"
+            raise ValueError(f"prior {', '.join(misplaced)} do not apply to a {reward} reward (it takes {fits})")
+        given = beta_fields if reward == "feedback" else normal_fields
+        values = {name: value for name, value in given.items() if value is not None}
+        return BetaPrior(**values) if reward == "feedback" else NormalGammaPrior(**values)
+
+
+class BanditConfig(BaseModel):
+    """An adaptive strategy's settings (the `bandit` section): the reward, the prior, when epochs change, the floor.
+
+    router.bandit has the maths; docs/bandits.md explains each choice and the measured defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reward: Literal["feedback", "value"] = Field(
+        default="feedback",
+        description="`feedback`: an exposure scores 1 if it got at least one `event` (a click), else 0 "
+        "(Beta-Bernoulli). `value`: the sum of the `event` values on the exposure (a rating), 0 if none, never "
+        "rounded (Normal-Gamma).",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    event: str = Field(
+        default="click",
+        pattern=EVENT_NAME_PATTERN,
+        description="The feedback event the reward is made of (`click`, `rating`, ...).",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    prior: BanditPrior = Field(
+        default=BanditPrior(),
+        description="The posterior's prior (fields below); only the reward's own fields may be set.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    update_exposures: int | None = Field(
+        default=1000,
+        ge=1,
+        le=100_000_000,
+        description="A new weight epoch after this many exposures of the current one (or `update_seconds`, "
+        "whichever comes first); null: by time only.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    update_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86_400,
+        allow_inf_nan=False,
+        description="A new weight epoch after this many seconds of the current one; null: by exposures only.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    min_share: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="Every variant keeps at least this share of traffic in every epoch, so every propensity is "
+        "> 0 (off-policy evaluation divides by it); min_share x variants must be ≤ 1.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    epsilon: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="`epsilon_greedy` only: the share spread evenly over all variants; the rest goes to the "
+        "best posterior mean.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
+    poll_seconds: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        allow_inf_nan=False,
+        description="How often each router reads the current epoch from the store (and, when it is due, tries "
+        "to compute the next under the store's lock).",
+        json_schema_extra=SAME_PHASE,
+    )
+
+    @model_validator(mode="after")
+    def _some_update(self) -> BanditConfig:
+        if self.update_exposures is None and self.update_seconds is None:
+            raise ValueError("update_exposures and update_seconds are both null: epochs would never change")
+        self.prior.resolve(self.reward)
+        return self
+
+    def settings(self, strategy: str) -> ThompsonSettings | EpsilonGreedySettings:
+        """The bandit core's settings for `strategy` ('thompson' or 'epsilon_greedy')."""
+        reward = FeedbackReward(event=self.event) if self.reward == "feedback" else ValueReward(event=self.event)
+        common: dict[str, Any] = {
+            "reward": reward,
+            "prior": self.prior.resolve(self.reward),
+            "update": UpdateInterval(exposures=self.update_exposures, seconds=self.update_seconds),
+            "min_share": self.min_share,
+        }
+        if strategy == "thompson":
+            return ThompsonSettings(**common)
+        if strategy == "epsilon_greedy":
+            return EpsilonGreedySettings(**common, epsilon=self.epsilon)
+        raise ValueError(f"not an adaptive strategy: {strategy!r}")
+
+    def design(self) -> dict[str, Any]:
+        """What a phase records and hashes (poll_seconds moves nobody, so it is left out)."""
+        return self.model_dump(mode="json", exclude={"poll_seconds"})
 
 
 class AnalysisConfig(BaseModel):
@@ -480,6 +657,12 @@ class ExperimentConfig(BaseModel):
         description="Metrics that must not get worse, checked continuously by the router (fields below).",
         json_schema_extra=NEW_PLAN,
     )
+    bandit: BanditConfig = Field(
+        default=BanditConfig(),
+        description="Settings of the adaptive strategies `thompson` and `epsilon_greedy` (fields below; "
+        "docs/bandits.md); setting them under another strategy is refused.",
+        json_schema_extra=ADAPTIVE_PHASE,
+    )
     shadow: tuple[ShadowVariant, ...] = Field(
         default=(),
         description="Candidate models that get a copy of real requests after the live answer is sent; nobody "
@@ -544,6 +727,19 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _bandit_fits_the_strategy(self) -> ExperimentConfig:
+        """Adaptive settings only under an adaptive strategy, and a floor every variant can get."""
+        if not self.adaptive:
+            if self.bandit != BanditConfig():
+                raise ValueError(
+                    f"bandit settings apply to strategies {' and '.join(ADAPTIVE_STRATEGIES)} only, not "
+                    f"{self.strategy!r}: remove the bandit section or change the strategy"
+                )
+            return self
+        self.bandit_settings.check_variants(len(self.variants))  # a BanditError (ValueError) naming the floor
+        return self
+
+    @model_validator(mode="after")
     def _guardrails_name_metrics(self) -> ExperimentConfig:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
@@ -566,6 +762,16 @@ class ExperimentConfig(BaseModel):
         """Each variant's share of traffic, in config order, summing to 1."""
         total = math.fsum(v.weight for v in self.variants)
         return tuple((v.name, v.weight / total) for v in self.variants)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the strategy adapts its weights per epoch (thompson, epsilon_greedy): weights are not used."""
+        return self.strategy in ADAPTIVE_STRATEGIES
+
+    @property
+    def bandit_settings(self) -> ThompsonSettings | EpsilonGreedySettings:
+        """The bandit core's settings of an adaptive strategy (ValueError for any other)."""
+        return self.bandit.settings(self.strategy)
 
     @property
     def unit(self) -> Unit:
@@ -614,6 +820,8 @@ def phase_key(config: ExperimentConfig, stopped: Collection[str] = ()) -> str:
         design["metrics"] = [m.model_dump(mode="json") for m in config.metrics]
     if config.guardrails:
         design["guardrails"] = [g.model_dump(mode="json") for g in config.guardrails]
+    if config.adaptive:
+        design["bandit"] = config.bandit.design()
     if stopped:
         design["stopped"] = sorted(stopped)
     canonical = json.dumps(design, sort_keys=True, separators=(",", ":"))
@@ -663,6 +871,8 @@ def phase_design(config: ExperimentConfig, stopped: Mapping[str, Mapping[str, An
     fan_out = fan_out_of(config.strategy)
     if fan_out is not None:
         design["fan_out"] = {"label": fan_out.label, "method": fan_out.method}
+    if config.adaptive:
+        design["bandit"] = config.bandit.design()  # the report reads the reward and prior from here
     return design
 
 

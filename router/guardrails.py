@@ -142,9 +142,14 @@ class GuardrailWatcher:
             await asyncio.sleep(max(self._interval, seconds * (1 / MAX_DUTY - 1)))
 
     async def check_once(self) -> float:
-        """One round, if the live config has guardrails; the seconds it took (0 when skipped)."""
+        """One round, if the live config has guardrails; the seconds it took (0 when skipped).
+
+        Skipped under an adaptive strategy: its arms' comparisons assume fixed weights, which a bandit does not
+        keep (docs/bandits.md); errors score no reward there, so the bandit itself moves traffic off a failing
+        variant.
+        """
         config, phase = self._current()
-        if not config.guardrails:
+        if not config.guardrails or config.adaptive:
             return 0.0
         if self._running is not None and not self._running.done():
             self._metrics.guardrail_check("busy")  # the previous round overran its timeout and still runs

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from router.config import (
     recorded_stops,
 )
 from router.configfile import ConfigFileReader
+from router.epochs import EpochKeeper
 from router.errors import (
     AttributionError,
     BackendError,
@@ -61,7 +64,7 @@ from router.proxy import BackendClient, Recommendation, open_client
 from router.request_ids import REQUEST_ID_PATTERN, SECRET_NAME, RequestIds, new_secret
 from router.shadow import ShadowJob, ShadowPool, ShadowResult, ShadowStats, backend_call
 from router.store import Exposure, Feedback, OutcomeStore, ShadowCall, backend_for
-from router.strategies import FanOut, Outcome, SplitInputs, Strategy, build_strategy, fan_out_of
+from router.strategies import EpochSource, FanOut, Outcome, SplitInputs, Strategy, build_strategy, fan_out_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class Choice:
     variant: str
     assignment: str  # 'strategy' | 'override'
     propensity: float | None  # None for an override: it was not randomised
+    epoch: int | None = None  # adaptive strategies: the weight epoch whose weights decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,7 @@ class RouterService:
         self._client: BackendClient | None = None
         self._monitor: BackendMonitor | None = None
         self._watcher: GuardrailWatcher | None = None
+        self.epochs = EpochKeeper(self.store, identity=f"{socket.gethostname()}:{os.getpid()}")
         self._reload_lock = asyncio.Lock()
         self._config_reader = ConfigFileReader()  # bounded reads; remembers one that hung (router.configfile)
         self._ids: RequestIds | None = None  # start() reads the secret (the setting, else the store's)
@@ -180,10 +185,11 @@ class RouterService:
             self._ids = RequestIds(await asyncio.to_thread(self._request_id_secret))
             stops = _still_stoppable(config, await asyncio.to_thread(self._persisted_stops, config))
             phase, is_new, key = await self._enter(config, stops)
+            source = await self._epoch_source(config, phase, stops)
         except BaseException:
             await asyncio.to_thread(self.store.close)
             raise
-        self._set_live(self._make_live(config, phase, key, stops))
+        self._set_live(self._make_live(config, phase, key, stops, source))
         self._client = open_client(config.backend_client, config.timeouts)
         self.shadows = ShadowPool(backend_call(self._client), self._record_shadow)
         await self.shadows.configure(config.shadow)
@@ -219,6 +225,7 @@ class RouterService:
         and close the store."""
         if self._watcher is not None:
             await self._watcher.stop()
+        await self.epochs.stop()
         if self._monitor is not None:
             await self._monitor.stop()
         if self.shadows is not None:
@@ -257,11 +264,16 @@ class RouterService:
         return self._ids
 
     def _make_live(
-        self, config: ExperimentConfig, phase: int, key: str, stops: dict[str, dict[str, Any]] | None = None
+        self,
+        config: ExperimentConfig,
+        phase: int,
+        key: str,
+        stops: dict[str, dict[str, Any]] | None = None,
+        epochs: EpochSource | None = None,
     ) -> Live:
         stops = stops or {}
         moved = dict.fromkeys(stops, config.control)
-        strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng, moved))
+        strategy = build_strategy(config.strategy, SplitInputs(config.weights, config.salt, self._rng, moved, epochs))
         return Live(
             config, strategy, phase, key, {v.name: v for v in config.variants}, stops, fan_out_of(config.strategy)
         )
@@ -285,6 +297,18 @@ class RouterService:
             lambda: self.store.start_phase(config.experiment, key, design, current=current)
         )
         return phase, is_new, key
+
+    async def _epoch_source(
+        self, config: ExperimentConfig, phase: int, stops: dict[str, dict[str, Any]]
+    ) -> EpochSource | None:
+        """An adaptive phase's current weight epoch, polled from the store from now on; None for other strategies.
+
+        Raises StoreError when the store cannot give the phase's epoch (the router must not serve it blind).
+        """
+        if not config.adaptive:
+            await self.epochs.leave()
+            return None
+        return await self.epochs.enter(config, phase, dict.fromkeys(stops, config.control))
 
     def _persisted_stops(self, config: ExperimentConfig) -> dict[str, dict[str, Any]]:
         """The stops recorded by the store's latest phase of this experiment: a restart keeps them (blocking)."""
@@ -317,7 +341,8 @@ class RouterService:
                 return None
             stops = {**live.stops, harm.variant: harm.record(config.control)}
             phase, _, key = await self._enter(config, stops)
-            self._set_live(self._make_live(config, phase, key, stops))
+            source = await self._epoch_source(config, phase, stops)
+            self._set_live(self._make_live(config, phase, key, stops, source))
             self.metrics.guardrail_stop(harm.variant, harm.guardrail)
         log.error(
             "variant stopped by guardrail",
@@ -341,7 +366,8 @@ class RouterService:
                 raise NotStoppedError(f"variant {variant!r} is not stopped by a guardrail (stopped: {stopped})")
             stops = {name: record for name, record in live.stops.items() if name != variant}
             phase, is_new, key = await self._enter(live.config, stops)
-            self._set_live(self._make_live(live.config, phase, key, stops))
+            source = await self._epoch_source(live.config, phase, stops)
+            self._set_live(self._make_live(live.config, phase, key, stops, source))
         log.warning(
             "variant resumed by an admin", extra={"variant": variant, "phase": phase, "previous_phase": live.phase}
         )
@@ -394,7 +420,7 @@ class RouterService:
                 )
             return Choice(forced, "override", None)
         assignment = live.strategy.assign(user_id)
-        return Choice(assignment.variant, "strategy", assignment.propensity)
+        return Choice(assignment.variant, "strategy", assignment.propensity, assignment.epoch)
 
     async def _forward(self, live: Live, choice: Choice, user_id: str, k: int, request_id: str) -> Forwarded:
         """Ask the chosen variant's backend; on failure, the fallback variant when the config names one.
@@ -493,6 +519,7 @@ class RouterService:
                 error=failure.kind if failed and failure is not None else None,
                 teams=forwarded.teams,
                 failed_variant=forwarded.failed_variant,
+                epoch=choice.epoch,
             )
         )
         self.metrics.observe_request(forwarded.variant, status, elapsed)
@@ -659,11 +686,12 @@ class RouterService:
                     )
                 stops = _still_stoppable(config, previous.stops)  # a stop stays until an admin resumes it
                 phase, is_new, key = await self._enter(config, stops)
+                source = await self._epoch_source(config, phase, stops)
             except (ConfigError, StoreError) as exc:
                 self.metrics.reload("refused")
                 log.error("config reload refused; the previous config keeps serving", extra={"error": str(exc)})
                 raise
-            self._set_live(self._make_live(config, phase, key, stops))
+            self._set_live(self._make_live(config, phase, key, stops, source))
             self.client().configure(config.timeouts)
             if self.shadows is not None:
                 _log_closed_shadows("shadow removed by a reload", await self.shadows.configure(config.shadow))
@@ -688,8 +716,11 @@ class RouterService:
         live = self.live
         states = self._monitor.states() if self._monitor is not None else {}
         stats = self.store.stats()
+        bandit = self.epochs.health()
+        stale = bandit is not None and bandit["status"] == "stale"
+        healthy = all(s.status == "up" for s in states.values()) and not stale
         return {
-            "status": "ok" if all(s.status == "up" for s in states.values()) else "degraded",
+            "status": "ok" if healthy else "degraded",
             "experiment": live.config.experiment,
             "phase": live.phase,
             "strategy": live.config.strategy,
@@ -704,6 +735,7 @@ class RouterService:
                 "failing": stats["failing"],  # {"kind", "error"} of the last write while it keeps failing, else None
             },
             "shadows": {name: _shadow_health(shadow) for name, shadow in self.shadow_stats().items()},
+            "bandit": bandit,  # adaptive strategies: the epoch served, its weights, "current" or "stale"
         }
 
     def describe(self) -> dict[str, Any]:

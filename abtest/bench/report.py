@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import orjson
 
 from abtest.bench.store import fresh_postgres_database
 from router.store import backend_for
-from router.store.schema import EXPOSURES, FEEDBACK, ddl
+from router.store.schema import EXPOSURES, FEEDBACK, Table, ddl
 
 EXPOSURES_PER_USER = 10
 CLICK_RATE = 0.05
@@ -45,6 +46,15 @@ DESIGN = {
         {"name": "model_b", "url": "http://model_b:8000", "weight": 50, "share": 0.5},
     ],
 }
+
+
+def rows_of(table: Table, **columns: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """Rows in `table`'s insert order from columns by name (the first is a list: it sets the length).
+
+    Any column not given is NULL, so a column added to the schema later needs no edit here unless it must
+    hold a value (then the insert fails loudly).
+    """
+    return list(zip(*(columns.get(name, repeat(None)) for name in table.insert_columns), strict=False))  # repeats
 
 
 def chunks(exposures: int, seed: int = 17) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
@@ -63,14 +73,38 @@ def chunks(exposures: int, seed: int = 17) -> Iterator[tuple[list[tuple[Any, ...
         ids = [f"{i:032x}" for i in n.tolist()]
         names = [f"u{u}" for u in user.tolist()]
         variants = variant.tolist()
-        exposure_rows = [
-            (t, rid, "bench", 1, name, v, v, "hash", "strategy", 0.5, 200, lat, 10, items, None, None, None)
-            for t, rid, name, v, lat in zip(ts.tolist(), ids, names, variants, latency.tolist(), strict=True)
-        ]
-        click_rows = [
-            (ts[i] + 1.0, ids[i], "bench", 1, names[i], variants[i], "strategy", 0, 0, "click", None, "request_id")
-            for i in np.flatnonzero(clicked).tolist()
-        ]
+        exposure_rows = rows_of(
+            EXPOSURES,
+            ts=ts.tolist(),
+            request_id=ids,
+            experiment=repeat("bench"),
+            phase=repeat(1),
+            user_id=names,
+            variant=variants,
+            assigned_variant=variants,
+            strategy=repeat("hash"),
+            assignment=repeat("strategy"),
+            propensity=repeat(0.5),
+            status=repeat(200),
+            latency_ms=latency.tolist(),
+            k=repeat(10),
+            items=repeat(items),
+        )
+        chosen = np.flatnonzero(clicked)
+        click_rows = rows_of(
+            FEEDBACK,
+            ts=(ts[chosen] + 1.0).tolist(),
+            request_id=[ids[i] for i in chosen.tolist()],
+            experiment=repeat("bench"),
+            phase=repeat(1),
+            user_id=[names[i] for i in chosen.tolist()],
+            variant=[variants[i] for i in chosen.tolist()],
+            assignment=repeat("strategy"),
+            item_id=repeat(0),
+            position=repeat(0),
+            event=repeat("click"),
+            attributed_by=repeat("request_id"),
+        )
         yield exposure_rows, click_rows
 
 

@@ -104,7 +104,7 @@ def _start_router(
 
 @contextmanager
 def _services(
-    folder: Path, baseline: Path | None = None, interleave: bool = True
+    folder: Path, baseline: Path | None = None, interleave: bool = True, bandit: bool = True
 ) -> Iterator[tuple[dict[str, Target], subprocess.Popen[str]]]:
     """Model servers, router(s) and (if installed) nginx, all healthy; yields the targets and the router process."""
     models_dir = folder / "models"
@@ -142,6 +142,13 @@ def _services(
             interleave_url, _ = _start_router(stack, interleaved, folder / "results-interleave")
             targets["interleave"] = Target("interleave", interleave_url)
             targets["direct_b"] = Target("direct_b", f"http://127.0.0.1:{ports['model_b']}")
+        if bandit:  # issue 15: an adaptive strategy costs no more than hash on the request path
+            adaptive = folder / "thompson.yaml"
+            adaptive.write_text(
+                yaml.safe_dump({"experiment": "bench", "strategy": "thompson", "salt": "bench", "variants": variants})
+            )
+            thompson_url, _ = _start_router(stack, adaptive, folder / "results-thompson")
+            targets["thompson"] = Target("thompson", thompson_url)
         if shutil.which("nginx"):
             nginx_port = free_port()
             conf = folder / "nginx.conf"
@@ -168,10 +175,11 @@ def run(
     soak_seconds: float = 60.0,
     baseline: Path | None = None,
     interleave: bool = True,
+    bandit: bool = True,
 ) -> dict[str, Any]:
     """Measure, print the table, write results/bench-router.json; returns what it wrote."""
     print("router: training and starting the model servers, the router and nginx ...", flush=True)
-    with tempfile.TemporaryDirectory() as tmp, _services(Path(tmp), baseline, interleave) as (targets, router):
+    with tempfile.TemporaryDirectory() as tmp, _services(Path(tmp), baseline, interleave, bandit) as (targets, router):
         for target in targets.values():
             run_load(target.url, connections=10, seconds=2)  # warm-up: pools, caches, JIT-free but lazy imports
         runs: dict[tuple[str, int], list[LoadResult]] = {}
@@ -255,6 +263,9 @@ def _ratios(rows: list[dict[str, Any]], levels: tuple[int, ...]) -> dict[str, An
             slower = max(direct["p50_ms"], by[("direct_b", level)]["p50_ms"])
             entry["interleave_added_p50_ms_over_slower_direct"] = round(by[("interleave", level)]["p50_ms"] - slower, 3)
             entry["interleave_over_router_rps"] = round(by[("interleave", level)]["rps"] / router["rps"], 3)
+        if ("thompson", level) in by:
+            entry["thompson_over_router_rps"] = round(by[("thompson", level)]["rps"] / router["rps"], 3)
+            entry["thompson_minus_router_p50_ms"] = round(by[("thompson", level)]["p50_ms"] - router["p50_ms"], 3)
         if ("baseline", level) in by:
             before = by[("baseline", level)]
             entry["router_over_baseline_rps"] = round(router["rps"] / before["rps"], 3)
@@ -283,6 +294,11 @@ def format_table(report: dict[str, Any]) -> str:
                 f"interleave adds {entry['interleave_added_p50_ms_over_slower_direct']:+.2f} ms p50 over the slower "
                 f"direct, interleave/router req/s {entry['interleave_over_router_rps']:.2f}"
             )
+        if "thompson_over_router_rps" in entry:
+            parts.append(
+                f"thompson/hash router req/s {entry['thompson_over_router_rps']:.2f}, "
+                f"p50 {entry['thompson_minus_router_p50_ms']:+.2f} ms"
+            )
         if "router_over_baseline_rps" in entry:
             parts.append(
                 f"router/baseline req/s {entry['router_over_baseline_rps']:.2f}, "
@@ -298,6 +314,6 @@ def format_table(report: dict[str, Any]) -> str:
         )
     lines.append(
         "targets: +<=1 ms p50 at 1 conn; router/nginx >= 0.5 at 50 conn; RSS flat +-10%; "
-        "interleave +<=1 ms p50 over the slower direct at 1 conn"
+        "interleave +<=1 ms p50 over the slower direct at 1 conn; thompson within noise of hash"
     )
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from router.config import AnalysisConfig, recorded_stops
 from router.errors import StoreFormatError
 from router.report import stats
+from router.report.adaptive import read_adaptive_section
 from router.report.checks import analysis_of, check_guardrails
 from router.report.comparison import Analysis, Comparison
 from router.report.document import (
@@ -69,7 +70,7 @@ from router.report.shadow_section import ListAffinity, read_shadow_section
 from router.report.stats import Estimate, SampleRatio, Unit
 from router.report.verdict import format_pp, verdict_for
 from router.store.reader import Timeline, UnitTotals
-from router.strategies import fan_out_of
+from router.strategies import ADAPTIVE_STRATEGIES, fan_out_of
 
 OFFLINE_METRICS = ("precision_at_10", "recall_at_10", "hit_rate_at_10", "coverage", "rmse")
 TUNING_DRIFT = 2.0
@@ -86,7 +87,8 @@ def build_report(
     with store.snapshot() as snapshot:
         data = read_phase(snapshot, phase)
         shadow = read_shadow_section(snapshot, data.phase, truth=truth, truth_description=truth_name)
-    return replace(assemble(data), shadow=shadow)
+        adaptive = read_adaptive_section(snapshot, data.phase)
+    return replace(assemble(data), shadow=shadow, adaptive=adaptive)
 
 
 def assemble(data: PhaseData) -> Report:
@@ -125,6 +127,8 @@ def assemble(data: PhaseData) -> Report:
             notes.append(f"variant {summary.name} has no analysed exposures in this phase")
 
     srm = stats.sample_ratio([s.units for s in summaries], [weights[name] for name in names])
+    if strategy in ADAPTIVE_STRATEGIES:  # weights changed per epoch: SRM is judged per epoch (router.report.adaptive)
+        srm = None
     withheld = srm is not None and srm.mismatch
     if srm is not None and withheld:
         notes.insert(

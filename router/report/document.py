@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from router.report.adaptive import AdaptiveSection
 from router.report.interleaving import Preference
 from router.report.shadow_section import ShadowSection
 from router.report.stats import Estimate, SampleRatio, Unit
@@ -283,6 +284,8 @@ class Report:
     merged lists, and the comparison of the two models is this."""
     shadow: ShadowSection | None = None
     """Shadow variants against the live ones (docs/shadow.md); None when the phase had no shadow call."""
+    adaptive: AdaptiveSection | None = None
+    """Set for an adaptive phase (thompson, epsilon_greedy, docs/bandits.md): it replaces the A/B comparisons."""
 
 
 __all__ = [

@@ -23,6 +23,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from router.report.adaptive_render import adaptive_blocks
 from router.report.document import (
     GuardrailCheck,
     InterleavingResult,
@@ -128,6 +129,13 @@ def sections(report: Report) -> tuple[Section, ...]:
     """The report's content, shared by Markdown and HTML."""
     if report.interleaving is not None:
         return interleaving_sections(report, report.interleaving)
+    if report.adaptive is not None:  # a bandit's phase: its own analysis replaces the A/B comparisons
+        return (
+            *(Section(*block) for block in adaptive_blocks(report.adaptive)),
+            _traffic_section(report),
+            _exclusions_section(report),
+            *(Section(*block) for block in shadow_blocks(report.shadow)),
+        )
     return (
         _verdict_section(report),
         _traffic_section(report),

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from router.store.epochs import EpochTransaction, StoredEpoch
 from router.store.reader import PhaseSnapshot
 from router.store.records import Exposure, Record
 
@@ -81,6 +82,19 @@ class StoreBackend(Protocol):
         """The value kept under `name` in the store's meta table, keeping `candidate` first if there is none.
 
         Atomic across processes: every replica of one store gets the first value kept (request ids' secret).
+        """
+
+    def latest_epoch(self, phase: int) -> StoredEpoch | None:
+        """The phase's latest weight epoch (adaptive strategies), without the lock; None before the first."""
+
+    def epoch_exposures(self, phase: int, epoch: StoredEpoch) -> int:
+        """How many exposures `epoch` has assigned so far, without the lock (router.store.epochs)."""
+
+    def epoch_transaction(self) -> AbstractContextManager[EpochTransaction]:
+        """Hold the store's epoch lock for the block, in one transaction (committed unless the block raises).
+
+        Exactly one router at a time, across processes and hosts: SQLite takes `BEGIN IMMEDIATE`, PostgreSQL a
+        transaction-scoped advisory lock (`pg_advisory_xact_lock`). See router.store.epochs.
         """
 
     def classify(self, exc: BaseException) -> Failure | None:

@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from router.errors import StoreError, StoreOverloadedError
 from router.store.backend import StoreBackend
+from router.store.epochs import EpochTransaction, StoredEpoch
 from router.store.reader import PhaseSnapshot
 from router.store.records import RECORD_KINDS, Exposure, Feedback, Record, ShadowCall, VariantInfo
 
@@ -180,6 +181,23 @@ class OutcomeStore:
             )
         job.finished.wait()  # it was started before the timeout: it ends (within the store's busy timeout)
         return job.outcome()
+
+    def latest_epoch(self, phase: int) -> StoredEpoch | None:
+        """The phase's latest weight epoch (blocking). Raises StoreError."""
+        return self._call(lambda: self.backend.latest_epoch(phase), "read the weight epoch from")
+
+    def epoch_exposures(self, phase: int, epoch: StoredEpoch) -> int:
+        """How many exposures `epoch` has assigned so far (blocking). Raises StoreError."""
+        return self._call(lambda: self.backend.epoch_exposures(phase, epoch), "count the epoch's exposures in")
+
+    def in_epoch_lock(self, action: Callable[[EpochTransaction], T]) -> T:
+        """Run `action` holding the store's epoch lock, in one transaction (blocking). Raises StoreError."""
+
+        def locked() -> T:
+            with self.backend.epoch_transaction() as tx:
+                return action(tx)
+
+        return self._call(locked, "lock the weight epochs of")
 
     def snapshot(self) -> AbstractContextManager[PhaseSnapshot]:
         """A read-only, consistent view for the report (blocking: use from a worker thread)."""

@@ -30,7 +30,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from router.errors import ConfigError, NoDataError, StoreError
 from router.store.backend import Failure
+from router.store.epochs import StoredEpoch
 from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
+from router.store.postgres_epochs import PostgresEpochTransaction, epoch_transaction, exposures_in, latest_epoch
 from router.store.postgres_reader import PostgresSnapshot
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
@@ -206,6 +208,22 @@ class PostgresBackend:
         if row is None:  # inserted or kept above, in this transaction
             raise StoreError(f"the store's meta lost {name!r} inside one transaction")
         return str(row[0])
+
+    # -- weight epochs (adaptive strategies: router.store.epochs) -----------------------------------
+
+    def latest_epoch(self, phase: int) -> StoredEpoch | None:
+        with self._lookups().connection(timeout=self._connect_timeout) as conn:
+            return latest_epoch(conn, phase)
+
+    def epoch_exposures(self, phase: int, epoch: StoredEpoch) -> int:
+        with self._lookups().connection(timeout=self._connect_timeout) as conn:
+            return exposures_in(conn, phase, epoch)
+
+    @contextmanager
+    def epoch_transaction(self) -> Iterator[PostgresEpochTransaction]:
+        """The epoch lock: a fresh connection, one transaction holding `pg_advisory_xact_lock` for the block."""
+        with self.connect() as conn, epoch_transaction(conn) as tx:
+            yield tx
 
     # -- writing (the writer thread) ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import psycopg
 from numpy.typing import NDArray
 
 from router.errors import NoDataError, StoreFormatError
+from router.store.postgres_epochs import PostgresEpochReads
 from router.store.postgres_shadow import PostgresShadowReads
 from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
 
@@ -80,7 +81,7 @@ def _take(buffer: bytearray, rows: int, dtype: np.dtype[Any], parts: list[list[N
         column.append(chunk[f"v{i}"].copy())
 
 
-class PostgresSnapshot(PostgresShadowReads):
+class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
     """PhaseSnapshot over one REPEATABLE READ, READ ONLY transaction of a PostgreSQL store."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:

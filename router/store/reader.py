@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from router.store.epochs import EpochReads
 from router.store.shadow_reader import ShadowReads
 
 #: Which variant an exposure counts for: who served it, or whom the strategy assigned it to.
@@ -99,7 +100,7 @@ class Timeline:
     clicked: NDArray[np.int64]
 
 
-class PhaseSnapshot(ShadowReads, Protocol):
+class PhaseSnapshot(ShadowReads, EpochReads, Protocol):
     """What the report may ask a store, all from one consistent snapshot. Raises NoDataError when it is empty.
 
     The shadow section's questions are `ShadowReads` (router.store.shadow_reader).

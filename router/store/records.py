@@ -48,6 +48,8 @@ class Exposure:
     """The variant that placed each item of `items`; () when every backend failed; None: not interleaved."""
     failed_variant: str | None = None
     """A degraded interleave: the variant whose backend failed (the other's list was served alone)."""
+    epoch: int | None = None
+    """Adaptive strategies (schema version 6): the weight epoch whose weights assigned it; None otherwise."""
 
     def team_of(self, position: int | None) -> str:
         """Who gets the credit for feedback on `position`: its team when interleaved, else the serving variant."""
@@ -74,6 +76,7 @@ class Exposure:
             "error": self.error,
             "teams": None if self.teams is None else orjson.dumps(list(self.teams)).decode(),
             "failed_variant": self.failed_variant,
+            "epoch": self.epoch,
         }
 
     @classmethod
@@ -96,6 +99,7 @@ class Exposure:
             error=None if row["error"] is None else str(row["error"]),
             teams=None if row["teams"] is None else tuple(str(team) for team in orjson.loads(row["teams"])),
             failed_variant=None if row["failed_variant"] is None else str(row["failed_variant"]),
+            epoch=None if row["epoch"] is None else int(row["epoch"]),
         )
 
 

@@ -24,6 +24,9 @@ Version history:
        the lookups by request_id the old feedback_request index did); duplicates already stored are removed,
        keeping the first. exposures_user becomes (user_id, ts): the user's latest exposure is the latest to
        arrive in any phase. meta may hold request_id_secret (router/request_ids.py).
+    6  weight_epochs and exposures.epoch: an adaptive strategy (thompson, epsilon_greedy) records each weight
+       epoch as a row (its points per variant, the totals they came from, P(best)); every exposure it assigns
+       records the epoch whose weights decided (NULL for every other exposure, so earlier rows need no backfill)
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -170,6 +173,12 @@ EXPOSURES = Table(
             "otherwise",
             nullable=True,
         ),
+        Column(
+            "epoch",
+            "integer",
+            "adaptive strategies: the weight epoch (weight_epochs.epoch) whose weights assigned it; NULL otherwise",
+            nullable=True,
+        ),
     ),
     indexes=(
         Index("exposures_phase_variant", ("phase", "variant")),
@@ -251,7 +260,27 @@ SHADOW_CALLS = Table(
     indexes=(Index("shadow_calls_phase_shadow", ("phase", "shadow", "request_id"), unique=True),),
 )
 
-TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS)
+WEIGHT_EPOCHS = Table(
+    "weight_epochs",
+    "one row per weight epoch of an adaptive phase (thompson, epsilon_greedy): the weights in force, versioned",
+    (
+        Column("phase", "integer", "the phase"),
+        Column("epoch", "integer", "0, 1, ...: epoch 0 splits evenly, each next one is computed from the outcomes"),
+        Column("strategy", "text", "'thompson' | 'epsilon_greedy'"),
+        Column("computed_at", "real", "Unix seconds, when the epoch started"),
+        Column("first_id", "integer", "exposures.id was at most this when the epoch started (counts what follows)"),
+        Column(
+            "weights_json",
+            "text",
+            "JSON: variants (config order), points (of 10,000: the propensities x 10,000), totals they came from "
+            "(exposures, reward_sum, reward_sum_squares), probability_best",
+        ),
+        Column("computed_by", "text", "the router process that computed it (host:pid)"),
+    ),
+    primary_key=("phase", "epoch"),
+)
+
+TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS, WEIGHT_EPOCHS)
 
 
 def _create_statements(table: Table, dialect: Dialect) -> tuple[str, ...]:
@@ -317,6 +346,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, {dialect: _create_statements(SHADOW_CALLS, dialect) for dialect in ("sqlite", "postgresql")}),
     # Idempotent feedback and "latest" by arrival in any phase (issue 13): the same SQL on both engines.
     Migration(4, dict.fromkeys(("sqlite", "postgresql"), _VERSION_5)),
+    # Adaptive traffic (issue 15): the step after version 5.
+    # Additive: a nullable column (NULL is right for every earlier row, none was adaptive) and one new table.
+    Migration(
+        5,
+        {
+            dialect: (
+                "ALTER TABLE exposures ADD COLUMN epoch " + _TYPES[dialect]["integer"],
+                *_create_statements(WEIGHT_EPOCHS, dialect),
+            )
+            for dialect in ("sqlite", "postgresql")
+        },
+    ),
 )
 
 

@@ -33,10 +33,12 @@ from numpy.typing import NDArray
 
 from router.errors import NoDataError, StoreError, StoreFormatError
 from router.store.backend import Failure
+from router.store.epochs import StoredEpoch
 from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
 from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
+from router.store.sqlite_epochs import SQLiteEpochReads, SQLiteEpochTransaction, epoch_transaction, latest_epoch
 from router.store.sqlite_shadow import SQLiteShadowReads
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,29 @@ class SQLiteBackend:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    # -- weight epochs (adaptive strategies: router.store.epochs) -----------------------------------
+
+    def latest_epoch(self, phase: int) -> StoredEpoch | None:
+        with self._read_lock:
+            return latest_epoch(self._read_connection(), phase)
+
+    def epoch_exposures(self, phase: int, epoch: StoredEpoch) -> int:
+        with self._read_lock:
+            return SQLiteEpochTransaction(self._read_connection()).exposures_in(phase, epoch)
+
+    def _read_connection(self) -> sqlite3.Connection:
+        """The shared lookup connection (call holding `_read_lock`)."""
+        if self._reader is None:
+            self._reader = self.connect(check_same_thread=False)
+            self._reader.row_factory = sqlite3.Row
+        return self._reader
+
+    @contextmanager
+    def epoch_transaction(self) -> Iterator[SQLiteEpochTransaction]:
+        """The epoch lock: a fresh connection in `BEGIN IMMEDIATE` (SQLite's one write lock) for the block."""
+        with closing(self.connect()) as conn, epoch_transaction(conn) as tx:
+            yield tx
 
     # -- writing (the writer thread) ---------------------------------------------------------------
 
@@ -341,9 +366,9 @@ class SQLiteBackend:
         return conn
 
 
-class SQLiteSnapshot(SQLiteShadowReads):
+class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
     """PhaseSnapshot over one read transaction of a SQLite store (see router.store.reader; the shadow reads are
-    router.store.sqlite_shadow's)."""
+    router.store.sqlite_shadow's, the adaptive phases' router.store.sqlite_epochs')."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn

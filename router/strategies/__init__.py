@@ -13,7 +13,8 @@ variant's backend and merging their lists; the service learns that from the spec
 strategy plugs in the same way.
 
 Modules: ``hashing`` (GrowthBook's hash, bucket ranges: pure), ``base`` (Strategy, Assignment, Unit, FanOut),
-``split`` (hash and random), ``interleave`` (team-draft interleaving's strategy).
+``split`` (hash and random), ``interleave`` (team-draft interleaving's strategy), ``adaptive`` (thompson and
+epsilon_greedy, served from the weight epoch an epoch keeper publishes).
 """
 
 from __future__ import annotations
@@ -23,19 +24,43 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.interleaving import check_team_count, team_draft
+from router.strategies.adaptive import (
+    ADAPTIVE_STRATEGIES,
+    AdaptiveStrategy,
+    EpochSource,
+    EpochTable,
+    FixedEpoch,
+    even_table,
+)
 from router.strategies.base import Assignment, FanOut, Merge, Outcome, Strategy, Unit
-from router.strategies.hashing import POINTS, Bucket, bucket_index, bucket_ranges, choose, fnv1a32, relabel, unit_point
+from router.strategies.hashing import (
+    POINTS,
+    Bucket,
+    bucket_index,
+    bucket_ranges,
+    choose,
+    epoch_point,
+    epoch_salt,
+    fnv1a32,
+    relabel,
+    unit_point,
+)
 from router.strategies.interleave import INTERLEAVED, InterleaveStrategy
 from router.strategies.split import HashStrategy, RandomStrategy
 
 __all__ = [
+    "ADAPTIVE_STRATEGIES",
     "INTERLEAVED",
     "INTERLEAVE_FAN_OUT",
     "POINTS",
     "STRATEGIES",
+    "AdaptiveStrategy",
     "Assignment",
     "Bucket",
+    "EpochSource",
+    "EpochTable",
     "FanOut",
+    "FixedEpoch",
     "HashStrategy",
     "InterleaveStrategy",
     "Merge",
@@ -49,6 +74,9 @@ __all__ = [
     "bucket_ranges",
     "build_strategy",
     "choose",
+    "epoch_point",
+    "epoch_salt",
+    "even_table",
     "fan_out_of",
     "fnv1a32",
     "relabel",
@@ -69,6 +97,9 @@ class SplitInputs:
     salt: str
     rng: random.Random | None = field(default=None, compare=False)
     moved: Mapping[str, str] = field(default_factory=dict)
+    epochs: EpochSource | None = field(default=None, compare=False)
+    """Adaptive strategies: where the current weight epoch is read (the router's epoch keeper); None builds
+    a fixed even epoch 0."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,16 @@ def _interleave(inputs: SplitInputs) -> Strategy:
     return InterleaveStrategy()
 
 
+def _adaptive(name: str) -> Callable[[SplitInputs], Strategy]:
+    def build(inputs: SplitInputs) -> Strategy:
+        source = inputs.epochs
+        if source is None:
+            source = FixedEpoch(even_table([variant for variant, _ in inputs.weights], 0, inputs.salt, inputs.moved))
+        return AdaptiveStrategy(name, source)
+
+    return build
+
+
 #: Team-draft interleaving of exactly two variants (router.interleaving), answered as "interleaved".
 INTERLEAVE_FAN_OUT = FanOut(INTERLEAVED, "team-draft", team_draft, check_team_count)
 
@@ -109,6 +150,20 @@ STRATEGIES: Mapping[str, StrategySpec] = {
             _interleave,
             "one list per request merged from both variants' lists by team draft (weights are not used)",
             fan_out=INTERLEAVE_FAN_OUT,
+        ),
+        StrategySpec(
+            "thompson",
+            "user",
+            _adaptive("thompson"),
+            "Thompson sampling: each weight epoch gives every variant the posterior probability that it is best "
+            "(with a floor, `bandit.min_share`), sticky per user within the epoch; configured weights are not used",
+        ),
+        StrategySpec(
+            "epsilon_greedy",
+            "user",
+            _adaptive("epsilon_greedy"),
+            "epsilon-greedy: each weight epoch gives 1 - `bandit.epsilon` to the best posterior mean and spreads "
+            "epsilon evenly (with a floor), sticky per user within the epoch; configured weights are not used",
         ),
     )
 }

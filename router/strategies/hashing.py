@@ -39,6 +39,20 @@ def unit_point(salt: str, unit_id: str) -> float:
     return fnv1a32(str(fnv1a32(salt + unit_id))) % POINTS / POINTS
 
 
+def epoch_salt(salt: str, epoch: int) -> str:
+    """The salt that hashes units in an adaptive strategy's weight `epoch`: the salt with the epoch number.
+
+    >>> epoch_salt("seed", 3)
+    'seed:epoch3'
+    """
+    return f"{salt}:epoch{epoch}"
+
+
+def epoch_point(salt: str, epoch: int, unit_id: str) -> int:
+    """The unit's integer hash point in [0, POINTS) for `epoch` (GrowthBook v2's hash, times POINTS)."""
+    return fnv1a32(str(fnv1a32(epoch_salt(salt, epoch) + unit_id))) % POINTS
+
+
 @dataclass(frozen=True)
 class Bucket:
     """The half-open range [start, end) of [0, 1) that belongs to one variant."""

@@ -76,7 +76,7 @@ def test_a_version_2_store_is_migrated_on_open_and_its_rows_are_not_interleaved(
     with sqlite3.connect(path) as conn:
         conn.executescript(V2_SCHEMA.read_text(encoding="utf-8"))
         conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
-        columns = [c for c in old.columns() if c not in ("teams", "failed_variant")]
+        columns = [c for c in old.columns() if c not in ("teams", "failed_variant", "epoch")]
         conn.execute(
             f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             tuple(old.columns()[c] for c in columns),
@@ -106,7 +106,7 @@ def test_a_version_2_store_is_migrated_on_open_with_the_shadow_calls_table(tmp_p
     old = SQLiteBackend(path)
     old_exposure = exposure(1)
     with sqlite3.connect(path) as conn:  # a row written by the version-2 router
-        columns = {k: v for k, v in old_exposure.columns().items() if k not in ("teams", "failed_variant")}
+        columns = {k: v for k, v in old_exposure.columns().items() if k not in ("teams", "failed_variant", "epoch")}
         conn.execute(
             f"INSERT INTO exposures ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             tuple(columns.values()),
@@ -180,6 +180,8 @@ def test_a_version_4_store_is_migrated_keeping_the_first_of_each_repeated_feedba
         conn.execute("DROP INDEX exposures_user_latest")
         conn.execute("CREATE INDEX feedback_request ON feedback (request_id)")
         conn.execute("CREATE INDEX exposures_user ON exposures (user_id, phase, ts)")
+        conn.execute("DROP TABLE weight_epochs")  # version 6's
+        conn.execute("ALTER TABLE exposures DROP COLUMN epoch")
         conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.execute("INSERT INTO phases VALUES (1, 'rec-ab', 1.0, 'key', '{}')")
     with sqlite3.connect(path) as conn:  # version 4 had no unique index: the repeats were stored
@@ -198,7 +200,9 @@ def test_a_version_4_store_is_migrated_keeping_the_first_of_each_repeated_feedba
             assert indexes.get("feedback_once") == 1 and "feedback_request" not in indexes
             exposure_indexes = {row[1] for row in conn.execute("PRAGMA index_list(exposures)")}
             assert "exposures_user_latest" in exposure_indexes and "exposures_user" not in exposure_indexes
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+                str(SCHEMA_VERSION),
+            )
         migrated.write([click])  # a repeat after the migration is skipped
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone() == (1,)
