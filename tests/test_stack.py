@@ -170,7 +170,7 @@ def start_up(tmp_path: Path, tiny_models: Path) -> Iterator[Callable[[], Up]]:
         up.proc.stdout.close()
 
 
-def assert_nothing_left(up: Up, timeout: float = 30.0) -> None:
+def assert_nothing_left(up: Up, timeout: float = 90.0) -> None:  # a graceful stop is <= 10 s + the drain, loaded
     wait_until(lambda: all(gone(pid) for pid in up.pids.values()), timeout=timeout, what="every child to end")
     wait_until(lambda: all(port_free(port) for port in up.ports.values()), timeout=timeout, what="ports to be free")
 
