@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from router.errors import NoDataError, StoreFormatError
 from router.store.postgres_epochs import PostgresEpochReads
 from router.store.postgres_shadow import PostgresShadowReads
-from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
+from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals, timelines_from_buckets
 
 #: The exposures of one phase with the selected assignments (`%(phase)s`, `%(assignments)s`).
 _SELECTED = "e.phase = %(phase)s AND e.assignment = ANY(%(assignments)s)"
@@ -264,15 +264,7 @@ class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
                 "top": buckets - 1,
             },
         )
-        exposures: dict[str, NDArray[np.int64]] = {}
-        clicked: dict[str, NDArray[np.int64]] = {}
-        for variant, bucket, n, c in rows:
-            exposures.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = n
-            clicked.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = c
-        ends = first + width * np.arange(1, buckets + 1, dtype=np.float64)
-        return {
-            name: Timeline(ends, np.cumsum(exposures[name]), np.cumsum(clicked[name])) for name in sorted(exposures)
-        }
+        return timelines_from_buckets(rows, first, width, buckets)
 
     def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
         sql = "SELECT variant, info_json FROM variant_info WHERE phase = %s ORDER BY variant"

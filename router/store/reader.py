@@ -11,7 +11,7 @@ users, not with traffic; counting, joining and grouping happen in the database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -98,6 +98,23 @@ class Timeline:
     ends: NDArray[np.float64]
     exposures: NDArray[np.int64]
     clicked: NDArray[np.int64]
+
+
+def timelines_from_buckets(
+    rows: Iterable[Sequence[Any]], first: float, width: float, buckets: int
+) -> dict[str, Timeline]:
+    """Timelines by variant from (variant, bucket, exposures, clicked) rows, as every backend's query gives them.
+
+    >>> timelines_from_buckets([("a", 0, 2, 1), ("a", 2, 3, 0)], 0.0, 60.0, 3)["a"].exposures.tolist()
+    [2, 2, 5]
+    """
+    exposures: dict[str, NDArray[np.int64]] = {}
+    clicked: dict[str, NDArray[np.int64]] = {}
+    for variant, bucket, n, c in rows:
+        exposures.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = n
+        clicked.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = c
+    ends = first + width * np.arange(1, buckets + 1, dtype=np.float64)
+    return {name: Timeline(ends, np.cumsum(exposures[name]), np.cumsum(clicked[name])) for name in sorted(exposures)}
 
 
 class PhaseSnapshot(ShadowReads, EpochReads, Protocol):

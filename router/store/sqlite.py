@@ -35,7 +35,7 @@ from router.errors import NoDataError, StoreError, StoreFormatError
 from router.store.backend import Failure
 from router.store.epochs import StoredEpoch
 from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
-from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals
+from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals, timelines_from_buckets
 from router.store.records import Exposure, Record
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
 from router.store.sqlite_epochs import SQLiteEpochReads, SQLiteEpochTransaction, epoch_transaction, latest_epoch
@@ -606,15 +606,7 @@ class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
             """,
             (first, width, buckets - 1, phase, *assignments),
         )
-        exposures: dict[str, NDArray[np.int64]] = {}
-        clicked: dict[str, NDArray[np.int64]] = {}
-        for variant, bucket, n, c in rows:
-            exposures.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = n
-            clicked.setdefault(str(variant), np.zeros(buckets, np.int64))[int(bucket)] = c
-        ends = first + width * np.arange(1, buckets + 1, dtype=np.float64)
-        return {
-            name: Timeline(ends, np.cumsum(exposures[name]), np.cumsum(clicked[name])) for name in sorted(exposures)
-        }
+        return timelines_from_buckets(rows, first, width, buckets)
 
     def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
         sql = "SELECT variant, info_json FROM variant_info WHERE phase = ? ORDER BY variant"
