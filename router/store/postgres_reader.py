@@ -3,10 +3,10 @@
     with backend.snapshot() as snapshot:            # router.store.postgres: REPEATABLE READ, READ ONLY
         totals = snapshot.unit_totals(1, by="assigned_variant", assignments=("strategy", "fallback"))
 
-Everything is counted by the server. The biggest answer, one row per (user, variant) with its sufficient
-statistics, comes back as a binary COPY of fixed-width numbers that numpy reads in place (`numeric_columns`):
-no Python object per row, so 1M users cost their arrays and a bounded buffer, nothing more. Percentiles are
-`percentile_cont`, numpy's linear interpolation.
+The report's questions are the shared rollup reads (router.store.rollup_reader), the same SQL as SQLite's;
+this module gives them PostgreSQL's way of reading many numbers: the biggest answer, one row per (user,
+variant) with its sufficient statistics, comes back as a binary COPY of fixed-width numbers that numpy reads
+in place (`numeric_columns`), no Python object per row. The shadow, epoch and interleaving questions are here.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ from numpy.typing import NDArray
 from router.errors import NoDataError, StoreFormatError
 from router.store.postgres_epochs import PostgresEpochReads
 from router.store.postgres_shadow import PostgresShadowReads
-from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals, timelines_from_buckets
+from router.store.reader import InterleavingTotals, PhaseRecord
+from router.store.rollup_reader import RollupReads
 
 #: The exposures of one phase with the selected assignments (`%(phase)s`, `%(assignments)s`).
 _SELECTED = "e.phase = %(phase)s AND e.assignment = ANY(%(assignments)s)"
-#: The request ids of the phase's exposures with at least one click: hash-joined once, not looked up per row.
-_CLICKED = "(SELECT DISTINCT request_id FROM feedback WHERE phase = %(phase)s AND event = 'click')"
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _CHUNK_ROWS = 65_536
 
 
 def numeric_columns(
-    conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any], types: Sequence[str]
+    conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any] | Sequence[Any], types: Sequence[str]
 ) -> list[NDArray[Any]]:
     """The columns of `query` (every value a non-NULL int8 'i8' or float8 'f8', as `types` says) as numpy arrays.
 
@@ -81,7 +80,7 @@ def _take(buffer: bytearray, rows: int, dtype: np.dtype[Any], parts: list[list[N
         column.append(chunk[f"v{i}"].copy())
 
 
-class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
+class PostgresSnapshot(RollupReads, PostgresShadowReads, PostgresEpochReads):
     """PhaseSnapshot over one REPEATABLE READ, READ ONLY transaction of a PostgreSQL store."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -94,6 +93,13 @@ class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
 
     def _rows(self, sql: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._rows(sql.replace("?", "%s"), params)  # the shared reads' qmark SQL (no literal ? in it)
+
+    def _numbers(self, sql: str, params: Sequence[Any], width: int) -> NDArray[np.float64]:
+        columns = numeric_columns(self._conn, sql.replace("?", "%s"), params, ["f8"] * width)
+        return np.column_stack(columns) if columns[0].size else np.zeros((0, width), np.float64)
 
     def phases(self) -> tuple[int, ...]:
         return tuple(int(row[0]) for row in self._rows("SELECT phase FROM phases ORDER BY phase"))
@@ -109,162 +115,6 @@ class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
             "SELECT phase, experiment, started_at, config_key, config_json FROM phases WHERE phase = %s", (chosen,)
         )
         return PhaseRecord(int(row[0]), str(row[1]), float(row[2]), str(row[3]), _json_object(row[4], "config"))
-
-    def strategies(self, phase: int) -> tuple[str, ...]:
-        sql = "SELECT DISTINCT strategy FROM exposures WHERE phase = %s ORDER BY strategy"
-        return tuple(str(row[0]) for row in self._rows(sql, (phase,)))
-
-    def time_range(self, phase: int) -> tuple[float, float] | None:
-        ((first, last),) = self._rows("SELECT MIN(ts), MAX(ts) FROM exposures WHERE phase = %s", (phase,))
-        return None if first is None else (float(first), float(last))
-
-    def unit_totals(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
-    ) -> UnitTotals:
-        column = _group_column(by)
-        params: dict[str, Any] = {"phase": phase, "assignments": _selected(assignments), "slow": slow_above_ms}
-        variants = tuple(
-            str(row[0])
-            for row in self._rows(
-                f"SELECT DISTINCT e.{column} FROM exposures AS e WHERE {_SELECTED} ORDER BY 1", params
-            )
-        )
-        events = tuple(
-            str(row[0])
-            for row in self._rows("SELECT DISTINCT event FROM feedback WHERE phase = %s ORDER BY 1", (phase,))
-        )
-        params["variants"] = list(variants)
-        per_event = [f"event_{i}" for i in range(len(events))]
-        for name, event in zip(per_event, events, strict=True):
-            params[name] = event
-        # A latency that is not <= the threshold (greater, or NULL) is slow, as in router.report.guardrails.
-        slow = "0" if slow_above_ms is None else "COUNT(*) FILTER (WHERE (e.latency_ms <= %(slow)s) IS NOT TRUE)"
-        counts = "".join(
-            f", COUNT(*) FILTER (WHERE f.event = %({name})s) AS n_{name}, "
-            f"COALESCE(SUM(f.value) FILTER (WHERE f.event = %({name})s), 0) AS s_{name}"
-            for name in per_event
-        )
-        picked = "".join(f", COALESCE(fb.n_{n}, 0)::int8, COALESCE(fb.s_{n}, 0)::float8" for n in per_event)
-        joined = (
-            f"""LEFT JOIN (SELECT e.user_id, e.{column} AS v {counts}
-                           FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
-                           WHERE f.phase = %(phase)s AND {_SELECTED} GROUP BY 1, 2) AS fb
-                      ON fb.user_id = p.user_id AND fb.v = p.v"""
-            if events
-            else ""
-        )
-        query = f"""
-            WITH p AS (
-                SELECT e.user_id, e.{column} AS v, COUNT(*) AS n,
-                       COUNT(*) FILTER (WHERE e.error IS NOT NULL OR e.status >= 400) AS errors,
-                       COUNT(c.request_id) AS clicked,
-                       COUNT(*) FILTER (WHERE e.assignment = 'fallback') AS fallbacks,
-                       {slow} AS slow
-                FROM exposures AS e LEFT JOIN {_CLICKED} AS c ON c.request_id = e.request_id
-                WHERE {_SELECTED}
-                GROUP BY e.user_id, e.{column})
-            SELECT (DENSE_RANK() OVER (ORDER BY p.user_id) - 1)::int8,
-                   (array_position(%(variants)s::text[], p.v) - 1)::int8,
-                   p.n::int8, p.errors::int8, p.clicked::int8, p.fallbacks::int8, p.slow::int8 {picked}
-            FROM p {joined}"""  # no ORDER BY: the pairs' order does not matter, a sort of all of them would
-        types = ["i8"] * 7 + ["i8", "f8"] * len(events)
-        arrays = numeric_columns(self._conn, query, params, types)
-        user, variant, exposures, errors, clicked, fallbacks, slow_counts = arrays[:7]
-        event_counts: dict[str, NDArray[np.int64]] = {}
-        event_values: dict[str, NDArray[np.float64]] = {}
-        for i, event in enumerate(events):
-            n, total = arrays[7 + 2 * i], arrays[8 + 2 * i]
-            if n.any():  # only events attributed to selected exposures, as the other backends answer
-                event_counts[event], event_values[event] = n, total
-        return UnitTotals(
-            variants=variants,
-            user=user,
-            variant=variant,
-            exposures=exposures,
-            errors=errors,
-            clicked=clicked,
-            fallbacks=fallbacks,
-            events=event_counts,
-            values=event_values,
-            slow=None if slow_above_ms is None else slow_counts,
-        )
-
-    def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = "SELECT assignment, COUNT(*) FROM exposures WHERE phase = %s GROUP BY assignment ORDER BY assignment"
-        return {str(kind): int(n) for kind, n in self._rows(sql, (phase,))}
-
-    def feedback_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = "SELECT assignment, COUNT(*) FROM feedback WHERE phase = %s GROUP BY assignment ORDER BY assignment"
-        return {str(kind): int(n) for kind, n in self._rows(sql, (phase,))}
-
-    def users_in_several_variants(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> int:
-        column = _group_column(by)
-        ((n,),) = self._rows(
-            f"""SELECT COUNT(*) FROM (SELECT e.user_id FROM exposures AS e WHERE {_SELECTED}
-                                      GROUP BY e.user_id HAVING COUNT(DISTINCT e.{column}) > 1) AS several""",
-            {"phase": phase, "assignments": _selected(assignments)},
-        )
-        return int(n)
-
-    def latency_percentiles(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], quantiles: Sequence[float]
-    ) -> Mapping[str, tuple[float, ...]]:
-        column = _group_column(by)
-        rows = self._rows(
-            f"""SELECT e.{column}, percentile_cont(%(q)s::float8[]) WITHIN GROUP (ORDER BY e.latency_ms)
-                FROM exposures AS e WHERE {_SELECTED} GROUP BY e.{column}""",
-            {"phase": phase, "assignments": _selected(assignments), "q": [float(q) for q in quantiles]},
-        )
-        return {str(variant): tuple(float(x) for x in values) for variant, values in rows}
-
-    def latency_range(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> tuple[float, float] | None:
-        ((low, high),) = self._rows(
-            f"SELECT MIN(e.latency_ms), MAX(e.latency_ms) FROM exposures AS e WHERE {_SELECTED}",
-            {"phase": phase, "assignments": _selected(assignments)},
-        )
-        return None if low is None else (float(low), float(high))
-
-    def latency_histogram(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], edges: NDArray[np.float64]
-    ) -> Mapping[str, NDArray[np.int64]]:
-        column = _group_column(by)
-        inner = [float(edge) for edge in edges[1:-1]] or [float("inf")]
-        # Bin i holds edges[i] <= x < edges[i+1]; the last bin also holds the top edge (numpy's rule), and
-        # values outside the range are clipped into the first or last bin.
-        bins = "width_bucket(e.latency_ms, %(inner)s::float8[])"  # how many inner edges are <= the latency
-        rows = self._rows(
-            f"""SELECT e.{column}, {bins} AS bin, COUNT(*) FROM exposures AS e WHERE {_SELECTED}
-                GROUP BY e.{column}, bin""",
-            {"phase": phase, "assignments": _selected(assignments), "inner": inner},
-        )
-        result: dict[str, NDArray[np.int64]] = {}
-        for variant, bin_index, n in rows:
-            counts = result.setdefault(str(variant), np.zeros(len(edges) - 1, np.int64))
-            counts[int(bin_index)] += int(n)
-        return result
-
-    def timeline(self, phase: int, *, by: GroupBy, assignments: Sequence[str], buckets: int) -> Mapping[str, Timeline]:
-        span = self.time_range(phase)
-        if span is None:
-            return {}
-        first, last = span
-        width = max((last - first) / buckets, 1e-9)
-        column = _group_column(by)
-        rows = self._rows(
-            f"""SELECT e.{column}, LEAST(FLOOR((e.ts - %(first)s) / %(width)s), %(top)s)::int8 AS bucket,
-                       COUNT(*), COUNT(c.request_id)
-                FROM exposures AS e LEFT JOIN {_CLICKED} AS c ON c.request_id = e.request_id
-                WHERE {_SELECTED}
-                GROUP BY e.{column}, bucket""",
-            {
-                "phase": phase,
-                "assignments": _selected(assignments),
-                "first": first,
-                "width": width,
-                "top": buckets - 1,
-            },
-        )
-        return timelines_from_buckets(rows, first, width, buckets)
 
     def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
         sql = "SELECT variant, info_json FROM variant_info WHERE phase = %s ORDER BY variant"
@@ -309,12 +159,6 @@ class PostgresSnapshot(PostgresShadowReads, PostgresEpochReads):
             degraded=dict(sorted(degraded.items())),
             failed=sum(int(n) for _, answered, n in counts if not answered),
         )
-
-
-def _group_column(by: GroupBy) -> str:
-    if by not in ("variant", "assigned_variant"):
-        raise ValueError(f"cannot group exposures by {by!r}")
-    return by
 
 
 def _selected(values: Sequence[str]) -> list[str]:

@@ -6,7 +6,9 @@
         totals.exposures[totals.variant == 0].sum()                    # the control's exposures
 
 The biggest thing a snapshot hands over is one row per (user, variant) pair, so the report's memory grows with
-users, not with traffic; counting, joining and grouping happen in the database.
+users, not with traffic; counting, joining and grouping happen in the database, and since schema version 7
+from the rollups the writer keeps (router.store.rollup, read by router.store.rollup_reader), so its time does
+too.
 """
 
 from __future__ import annotations

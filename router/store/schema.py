@@ -27,6 +27,10 @@ Version history:
     6  weight_epochs and exposures.epoch: an adaptive strategy (thompson, epsilon_greedy) records each weight
        epoch as a row (its points per variant, the totals they came from, P(best)); every exposure it assigns
        records the epoch whose weights decided (NULL for every other exposure, so earlier rows need no backfill)
+    7  rollup_users, unit_rollup, event_rollup, latency_rollup, time_rollup: the report's sufficient statistics,
+       kept by the writer in the same transaction as the rows they count (router/store/rollup.py), so a report
+       reads per-user and per-bin totals instead of every exposure; exposures_phase_latency serves the few exact
+       order statistics and slow-request counts the bins cannot give. Backfilled from the rows already stored.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 6
+from router.store.rollup import rollup_backfill
+
+SCHEMA_VERSION = 7
 
 Dialect = Literal["sqlite", "postgresql"]
 ColumnType = Literal["id", "integer", "real", "text"]
@@ -82,6 +88,9 @@ class Table:
     ignore_duplicates: bool = False
     """A row that repeats a unique index's key is skipped, not an error (feedback sent twice is stored once):
     SQLite's INSERT OR IGNORE, PostgreSQL's ON CONFLICT DO NOTHING."""
+    clustered: bool = False
+    """Stored in primary-key order (SQLite's WITHOUT ROWID): read in key order by one pass over one b-tree, not
+    an index walk with a table lookup per row (the rollups, which the report reads in key order)."""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -105,7 +114,8 @@ class Table:
         if self.primary_key:
             lines.append(f"    PRIMARY KEY ({', '.join(self.primary_key)})")
         body = ",\n".join(lines)
-        statements = [f"-- {self.comment}\nCREATE TABLE IF NOT EXISTS {self.name} (\n{body}\n);"]
+        clustered = " WITHOUT ROWID" if self.clustered and dialect == "sqlite" else ""
+        statements = [f"-- {self.comment}\nCREATE TABLE IF NOT EXISTS {self.name} (\n{body}\n){clustered};"]
         statements += [
             f"CREATE {'UNIQUE ' if index.unique else ''}INDEX IF NOT EXISTS {index.name} "
             f"ON {self.name} ({', '.join(index.columns)});"
@@ -183,6 +193,7 @@ EXPOSURES = Table(
     indexes=(
         Index("exposures_phase_variant", ("phase", "variant")),
         Index("exposures_user_latest", ("user_id", "ts")),
+        Index("exposures_phase_latency", ("phase", "latency_ms")),
     ),
 )
 
@@ -280,7 +291,82 @@ WEIGHT_EPOCHS = Table(
     primary_key=("phase", "epoch"),
 )
 
-TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS, WEIGHT_EPOCHS)
+
+#: The key every rollup but the latency and time bins is kept per: who, in which phase, assigned and served how.
+_UNIT_KEY = ("phase", "user_code", "assigned_variant", "variant", "assignment")
+_KEY_COLUMNS = (
+    Column("phase", "integer", "the exposures' phase"),
+    Column("user_code", "integer", "the user (rollup_users.code)"),
+    Column("assigned_variant", "text", "the exposures' assigned_variant"),
+    Column("variant", "text", "the exposures' variant (who served them)"),
+    Column("assignment", "text", "the exposures' assignment"),
+)
+_VARIANT_KEY_COLUMNS = tuple(column for column in _KEY_COLUMNS if column.name != "user_code")
+
+ROLLUP_USERS = Table(
+    "rollup_users",
+    "kept by the writer: a number for every user id, so the rollups are keyed and read as integers",
+    (
+        Column("code", "id", "the user's number in unit_rollup and event_rollup"),
+        Column("user_id", "text", "the user", unique=True),
+    ),
+)
+
+UNIT_ROLLUP = Table(
+    "unit_rollup",
+    "kept by the writer: per (phase, user, assigned variant, variant, assignment), its exposures' totals",
+    (
+        *_KEY_COLUMNS,
+        Column("exposures", "integer", "how many exposures"),
+        Column("errors", "integer", "of them answered with an error (error set, or status >= 400)"),
+        Column("clicked", "integer", "of them with at least one click attributed (two clicks on one list: one)"),
+    ),
+    primary_key=_UNIT_KEY,
+    clustered=True,
+)
+EVENT_ROLLUP = Table(
+    "event_rollup",
+    "kept by the writer: per unit_rollup key and feedback event, the events attributed to its exposures",
+    (
+        *_KEY_COLUMNS,
+        Column("event", "text", "the feedback event"),
+        Column("events", "integer", "how many such events"),
+        Column("value_sum", "real", "the sum of their values (NULL counts as 0)"),
+    ),
+    primary_key=(*_UNIT_KEY, "event"),
+    clustered=True,
+)
+LATENCY_ROLLUP = Table(
+    "latency_rollup",
+    "kept by the writer: per (phase, assigned variant, variant, assignment) and fine log bin, exposure latencies",
+    (
+        *_VARIANT_KEY_COLUMNS,
+        Column("bin", "integer", "floor(ln(1 + latency_ms) x 10,000): bins 0.01% wide in 1 + latency"),
+        Column("exposures", "integer", "how many exposures fell in the bin"),
+        Column("latency_min", "real", "the fastest of them (ms)"),
+        Column("latency_max", "real", "the slowest of them (ms)"),
+    ),
+    primary_key=(*(column.name for column in _VARIANT_KEY_COLUMNS), "bin"),
+    clustered=True,
+)
+TIME_ROLLUP = Table(
+    "time_rollup",
+    "kept by the writer: per (phase, assigned variant, variant, assignment, strategy) and second, exposures",
+    (
+        *_VARIANT_KEY_COLUMNS,
+        Column("strategy", "text", "the exposures' strategy"),
+        Column("second", "integer", "floor(ts): the Unix second the exposures arrived in"),
+        Column("exposures", "integer", "how many exposures arrived in it"),
+        Column("clicked", "integer", "of them with at least one click attributed"),
+        Column("first_ts", "real", "the first one's ts"),
+        Column("last_ts", "real", "the last one's ts"),
+    ),
+    primary_key=(*(column.name for column in _VARIANT_KEY_COLUMNS), "strategy", "second"),
+    clustered=True,
+)
+ROLLUPS = (ROLLUP_USERS, UNIT_ROLLUP, EVENT_ROLLUP, LATENCY_ROLLUP, TIME_ROLLUP)
+
+TABLES = (META, PHASES, EXPOSURES, FEEDBACK, VARIANT_INFO, SHADOW_CALLS, WEIGHT_EPOCHS, *ROLLUPS)
 
 
 def _create_statements(table: Table, dialect: Dialect) -> tuple[str, ...]:
@@ -354,6 +440,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             dialect: (
                 "ALTER TABLE exposures ADD COLUMN epoch " + _TYPES[dialect]["integer"],
                 *_create_statements(WEIGHT_EPOCHS, dialect),
+            )
+            for dialect in ("sqlite", "postgresql")
+        },
+    ),
+    # The report's rollups (issue 17): new tables, one index, and a backfill from the rows already stored.
+    Migration(
+        6,
+        {
+            dialect: (
+                *(statement for table in ROLLUPS for statement in _create_statements(table, dialect)),
+                "CREATE INDEX IF NOT EXISTS exposures_phase_latency ON exposures (phase, latency_ms)",
+                *rollup_backfill(dialect),
             )
             for dialect in ("sqlite", "postgresql")
         },

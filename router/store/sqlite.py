@@ -15,9 +15,9 @@ its connection still holds into the main file, then refuses to write on (kind `m
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -35,8 +35,10 @@ from router.errors import NoDataError, StoreError, StoreFormatError
 from router.store.backend import Failure
 from router.store.epochs import StoredEpoch
 from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
-from router.store.reader import GroupBy, InterleavingTotals, PhaseRecord, Timeline, UnitTotals, timelines_from_buckets
+from router.store.reader import InterleavingTotals, PhaseRecord
 from router.store.records import Exposure, Record
+from router.store.rollup import counts_outcomes, rollup_statements, row_marks
+from router.store.rollup_reader import RollupReads, selected_marks
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
 from router.store.sqlite_epochs import SQLiteEpochReads, SQLiteEpochTransaction, epoch_transaction, latest_epoch
 from router.store.sqlite_shadow import SQLiteShadowReads
@@ -45,15 +47,8 @@ log = logging.getLogger(__name__)
 
 _EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
 _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = ?"
-#: 1 if the exposure `e` got at least one click of its phase: an index lookup per exposure (feedback_once),
-#: where joining a DISTINCT subquery made SQLite scan it once per exposure.
-_CLICKED = (
-    "EXISTS (SELECT 1 FROM feedback AS f WHERE f.request_id = e.request_id AND f.event = 'click' AND f.phase = e.phase)"
-)
 #: Rows fetched at once where a read streams many (the per-pair totals).
 _CHUNK_ROWS = 65_536
-#: Log-spaced bins per variant in which latency percentiles find their ranks (a few hundred rows each).
-_BINS = 8_192
 #: "Latest" is defined once (router.store.outcomes): the latest to arrive, in any phase; ties by request id.
 _LATEST_FOR_USER = f"{_EXPOSURE_SELECT} WHERE user_id = ? AND status = 200 ORDER BY ts DESC, request_id DESC LIMIT 1"
 
@@ -224,11 +219,15 @@ class SQLiteBackend:
             grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
         try:
             conn.execute("BEGIN IMMEDIATE")
+            before = row_marks(conn) if counts_outcomes(t.kind for t in grouped) else None
             repeats: dict[str, int] = {}
             for record_type, rows in grouped.items():
                 inserted = conn.executemany(_insert_sql(record_type), rows).rowcount
                 if record_type.table.ignore_duplicates and inserted < len(rows):
                     repeats[record_type.kind] = len(rows) - inserted
+            if before is not None:  # the rollups count the batch in its own transaction (router.store.rollup)
+                for statement in rollup_statements("sqlite", before):
+                    conn.execute(statement)
             conn.execute("COMMIT")
             return repeats
         except BaseException as exc:
@@ -366,7 +365,7 @@ class SQLiteBackend:
         return conn
 
 
-class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
+class SQLiteSnapshot(RollupReads, SQLiteShadowReads, SQLiteEpochReads):
     """PhaseSnapshot over one read transaction of a SQLite store (see router.store.reader; the shadow reads are
     router.store.sqlite_shadow's, the adaptive phases' router.store.sqlite_epochs')."""
 
@@ -377,6 +376,17 @@ class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
     def connection(self) -> sqlite3.Connection:
         """The read-only connection, inside the snapshot's transaction (for ad-hoc SQL and tests)."""
         return self._conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def _numbers(self, sql: str, params: Sequence[Any], width: int) -> NDArray[np.float64]:
+        cursor = self._conn.execute(sql, params)
+        parts = []
+        while chunk := cursor.fetchmany(_CHUNK_ROWS):  # no Python object outlives its chunk but the arrays
+            flat = np.fromiter(itertools.chain.from_iterable(chunk), np.float64, count=len(chunk) * width)
+            parts.append(flat.reshape(len(chunk), width))
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.float64)
 
     def phases(self) -> tuple[int, ...]:
         return tuple(int(row[0]) for row in self._conn.execute("SELECT phase FROM phases ORDER BY phase"))
@@ -393,221 +403,6 @@ class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
         ).fetchone()
         return PhaseRecord(int(row[0]), str(row[1]), float(row[2]), str(row[3]), _json_object(row[4], "config"))
 
-    def strategies(self, phase: int) -> tuple[str, ...]:
-        sql = "SELECT DISTINCT strategy FROM exposures NOT INDEXED WHERE phase = ? ORDER BY strategy"
-        return tuple(str(row[0]) for row in self._conn.execute(sql, (phase,)))
-
-    def time_range(self, phase: int) -> tuple[float, float] | None:
-        row = self._conn.execute(
-            "SELECT MIN(ts), MAX(ts) FROM exposures NOT INDEXED WHERE phase = ?", (phase,)
-        ).fetchone()
-        return None if row[0] is None else (float(row[0]), float(row[1]))
-
-    def unit_totals(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], slow_above_ms: float | None = None
-    ) -> UnitTotals:
-        column, marks = _group_column(by), _marks(assignments)
-        # Only events attributed to selected exposures get arrays (the pivot below finds the rest all zero).
-        events = tuple(
-            str(row[0])
-            for row in self._conn.execute("SELECT DISTINCT event FROM feedback WHERE phase = ? ORDER BY 1", (phase,))
-        )
-        # A latency that is not <= the threshold (greater, or NULL) is slow, as in router.report.guardrails.
-        slow = "0" if slow_above_ms is None else "SUM(CASE WHEN e.latency_ms <= ? THEN 0 ELSE 1 END)"
-        threshold = () if slow_above_ms is None else (float(slow_above_ms),)
-        pivot = "".join(
-            f", SUM(f.event = ?) AS n{i}, TOTAL(CASE WHEN f.event = ? THEN f.value END) AS s{i}"
-            for i in range(len(events))
-        )
-        picked = "".join(f", COALESCE(fb.n{i}, 0), COALESCE(fb.s{i}, 0.0)" for i in range(len(events)))
-        joined = (
-            f"""LEFT JOIN (SELECT e.user_id, e.{column} AS v {pivot}
-                           FROM feedback AS f JOIN exposures AS e ON e.request_id = f.request_id
-                           WHERE f.phase = ? AND e.phase = ? AND e.assignment IN ({marks})
-                           GROUP BY e.user_id, e.{column}) AS fb
-                      ON fb.user_id = p.user_id AND fb.v = p.v"""
-            if events
-            else ""
-        )
-        pivot_params = tuple(event for event in events for _ in range(2))
-        feedback_params = (*pivot_params, phase, phase, *assignments) if events else ()
-        # One row per (user, variant) pair in user order (the GROUP BY's own order), streamed in chunks: no
-        # Python object outlives its chunk but the arrays.
-        cursor = self._conn.execute(
-            f"""
-            SELECT p.* {picked} FROM (
-                SELECT e.user_id, e.{column} AS v, COUNT(*), SUM(e.error IS NOT NULL OR e.status >= 400),
-                       SUM({_CLICKED}), SUM(e.assignment = 'fallback'), {slow}
-                FROM exposures AS e NOT INDEXED
-                WHERE e.phase = ? AND e.assignment IN ({marks})
-                GROUP BY e.user_id, e.{column}) AS p
-            {joined}
-            ORDER BY p.user_id, p.v
-            """,
-            (*threshold, phase, *assignments, *feedback_params),
-        )
-        variant_codes: dict[str, int] = {}
-        users: list[NDArray[np.int64]] = []
-        variants: list[NDArray[np.int64]] = []
-        numbers: list[NDArray[np.float64]] = []
-        code, previous = -1, None
-        while chunk := cursor.fetchmany(_CHUNK_ROWS):
-            user_codes = np.empty(len(chunk), np.int64)
-            for i, row in enumerate(chunk):
-                if row[0] != previous:
-                    code, previous = code + 1, row[0]
-                user_codes[i] = code
-            users.append(user_codes)
-            variants.append(
-                np.fromiter((variant_codes.setdefault(str(row[1]), len(variant_codes)) for row in chunk), np.int64)
-            )
-            numbers.append(np.array([row[2:] for row in chunk], dtype=np.float64).reshape(len(chunk), -1))
-        width = 5 + 2 * len(events)
-        table = np.concatenate(numbers) if numbers else np.zeros((0, width))
-        counts = np.rint(table[:, [0, 1, 2, 3, 4, *range(5, width, 2)]]).astype(np.int64)
-        event_counts = {event: counts[:, 5 + i] for i, event in enumerate(events) if counts[:, 5 + i].any()}
-        names = sorted(variant_codes)  # codes in first-seen order -> indexes into the sorted names
-        remap = np.array([names.index(name) for name in variant_codes], np.int64)
-        variant = np.concatenate(variants) if variants else np.zeros(0, np.int64)
-        return UnitTotals(
-            variants=tuple(names),
-            user=np.concatenate(users) if users else np.zeros(0, np.int64),
-            variant=remap[variant] if variant.size else variant,
-            exposures=counts[:, 0],
-            errors=counts[:, 1],
-            clicked=counts[:, 2],
-            fallbacks=counts[:, 3],
-            events=event_counts,
-            values={event: table[:, 6 + 2 * i].copy() for i, event in enumerate(events) if event in event_counts},
-            slow=None if slow_above_ms is None else counts[:, 4],
-        )
-
-    def exposures_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = (
-            "SELECT assignment, COUNT(*) FROM exposures NOT INDEXED WHERE phase = ? GROUP BY assignment "
-            "ORDER BY assignment"
-        )
-        return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
-
-    def feedback_by_assignment(self, phase: int) -> Mapping[str, int]:
-        sql = "SELECT assignment, COUNT(*) FROM feedback WHERE phase = ? GROUP BY assignment ORDER BY assignment"
-        return {str(kind): int(n) for kind, n in self._conn.execute(sql, (phase,))}
-
-    def users_in_several_variants(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> int:
-        column = _group_column(by)
-        row = self._conn.execute(
-            f"""SELECT COUNT(*) FROM (
-                    SELECT user_id FROM exposures WHERE phase = ? AND assignment IN ({_marks(assignments)})
-                    GROUP BY user_id HAVING COUNT(DISTINCT {column}) > 1)""",
-            (phase, *assignments),
-        ).fetchone()
-        return int(row[0])
-
-    def latency_percentiles(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], quantiles: Sequence[float]
-    ) -> Mapping[str, tuple[float, ...]]:
-        """Exact order statistics in three passes and no sort of the phase: counts and ranges per variant, a
-        histogram over fine log bins, then only the rows of the bins that hold the wanted ranks (numpy's rule)."""
-        column, marks = _group_column(by), _marks(assignments)
-        selected = f"FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN ({marks})"
-        params = (phase, *assignments)
-        spans = self._conn.execute(
-            f"SELECT {column}, COUNT(*), MIN(latency_ms), MAX(latency_ms) {selected} GROUP BY {column}", params
-        ).fetchall()
-        if not spans:
-            return {}
-        # bin = floor((ln(1 + x) - ln(1 + min)) * scale), per variant; the same expression in both passes below.
-        scales = {
-            str(v): (math.log1p(low), _BINS / max(math.log1p(high) - math.log1p(low), 1e-12))
-            for v, _, low, high in spans
-        }
-        offset = "CASE " + " ".join(f"WHEN {column} = ? THEN {a!r}" for a, _ in scales.values()) + " END"
-        scale = "CASE " + " ".join(f"WHEN {column} = ? THEN {k!r}" for _, k in scales.values()) + " END"
-        names = tuple(scales)
-        binned = f"MAX(0, MIN(CAST((ln(1.0 + latency_ms) - {offset}) * {scale} AS INTEGER), {_BINS - 1}))"
-        counts = {name: np.zeros(_BINS, np.int64) for name in names}
-        for variant, bin_index, n in self._conn.execute(
-            f"SELECT {column}, {binned} AS bin, COUNT(*) {selected} GROUP BY {column}, bin", (*names, *names, *params)
-        ):
-            counts[str(variant)][int(bin_index)] = n
-        # Which bin holds each wanted rank, and that rank's place inside its bin.
-        wanted: dict[tuple[str, int], list[int]] = {}
-        plans: dict[str, list[tuple[float, tuple[str, int], int, tuple[str, int], int]]] = {}
-        for name, (_, n, _, _) in zip(names, spans, strict=True):
-            ends = np.cumsum(counts[name])
-            for q in quantiles:
-                position = q * (int(n) - 1)
-                low = math.floor(position)
-                ranks = (low, min(low + 1, int(n) - 1))
-                places = []
-                for rank in ranks:
-                    bin_index = int(np.searchsorted(ends, rank, side="right"))
-                    before = int(ends[bin_index - 1]) if bin_index else 0
-                    wanted.setdefault((name, bin_index), [])
-                    places.append(((name, bin_index), rank - before))
-                plans.setdefault(name, []).append((position - low, *places[0], *places[1]))
-        condition = " OR ".join(f"({column} = ? AND {binned} = ?)" for _ in wanted)
-        values = [value for (name, bin_index) in wanted for value in (name, *names, *names, bin_index)]
-        for variant, bin_index, latency in self._conn.execute(
-            f"SELECT {column}, {binned}, latency_ms {selected} AND ({condition})",
-            (*names, *names, *params, *values),
-        ):
-            wanted[(str(variant), int(bin_index))].append(latency)
-        ordered = {key: sorted(found) for key, found in wanted.items()}
-        result: dict[str, tuple[float, ...]] = {}
-        for name, steps in plans.items():
-            picked = []
-            for fraction, first_bin, first_place, second_bin, second_place in steps:
-                lower, upper = float(ordered[first_bin][first_place]), float(ordered[second_bin][second_place])
-                picked.append(lower + (upper - lower) * fraction)
-            result[name] = tuple(picked)
-        return result
-
-    def latency_range(self, phase: int, *, by: GroupBy, assignments: Sequence[str]) -> tuple[float, float] | None:
-        row = self._conn.execute(
-            f"SELECT MIN(latency_ms), MAX(latency_ms) FROM exposures NOT INDEXED WHERE phase = ? AND assignment IN "
-            f"({_marks(assignments)})",
-            (phase, *assignments),
-        ).fetchone()
-        return None if row[0] is None else (float(row[0]), float(row[1]))
-
-    def latency_histogram(
-        self, phase: int, *, by: GroupBy, assignments: Sequence[str], edges: NDArray[np.float64]
-    ) -> Mapping[str, NDArray[np.int64]]:
-        column = _group_column(by)
-        inner = [float(edge) for edge in edges[1:-1]]
-        # Bin i holds edges[i] <= x < edges[i+1]; the last bin also holds the top edge (numpy's rule), and
-        # values outside the range are clipped into the first or last bin.
-        bins = _bin_search(inner, 0, len(inner))
-        rows = self._conn.execute(
-            f"""SELECT {column}, {bins} AS bin, COUNT(*) FROM exposures NOT INDEXED
-                WHERE phase = ? AND assignment IN ({_marks(assignments)}) GROUP BY {column}, bin""",
-            (phase, *assignments),
-        )
-        result: dict[str, NDArray[np.int64]] = {}
-        for variant, bin_index, n in rows:
-            counts = result.setdefault(str(variant), np.zeros(len(edges) - 1, np.int64))
-            counts[int(bin_index)] += int(n)
-        return result
-
-    def timeline(self, phase: int, *, by: GroupBy, assignments: Sequence[str], buckets: int) -> Mapping[str, Timeline]:
-        span = self.time_range(phase)
-        if span is None:
-            return {}
-        first, last = span
-        width = max((last - first) / buckets, 1e-9)
-        column, marks = _group_column(by), _marks(assignments)
-        rows = self._conn.execute(
-            f"""
-            SELECT e.{column}, MIN(CAST((e.ts - ?) / ? AS INTEGER), ?) AS bucket, COUNT(*), SUM({_CLICKED})
-            FROM exposures AS e NOT INDEXED
-            WHERE e.phase = ? AND e.assignment IN ({marks})
-            GROUP BY e.{column}, bucket
-            """,
-            (first, width, buckets - 1, phase, *assignments),
-        )
-        return timelines_from_buckets(rows, first, width, buckets)
-
     def variant_info(self, phase: int) -> Mapping[str, Mapping[str, Any]]:
         sql = "SELECT variant, info_json FROM variant_info WHERE phase = ? ORDER BY variant"
         return {
@@ -616,7 +411,7 @@ class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
         }
 
     def interleaving_totals(self, phase: int, *, assignments: Sequence[str]) -> InterleavingTotals:
-        marks = _marks(assignments)
+        marks = selected_marks(assignments)
         # One row per (user, team with credited clicks); a user without a credited click gets (user, NULL, 0).
         rows = self._conn.execute(
             f"""
@@ -653,34 +448,6 @@ class SQLiteSnapshot(SQLiteShadowReads, SQLiteEpochReads):
             degraded=dict(sorted(degraded.items())),
             failed=sum(int(n) for _, answered, n in counts if not answered),
         )
-
-
-def _bin_search(edges: Sequence[float], low: int, high: int) -> str:
-    """How many of `edges[low:high]` (ascending) are <= latency_ms, as a binary search of nested CASEs: about
-    log2(len) comparisons per row where a sum of comparisons costs len (SQLite evaluates every one per row).
-
-    >>> _bin_search([1.0, 2.0], 0, 2)
-    'CASE WHEN latency_ms >= 2.0 THEN 2 ELSE CASE WHEN latency_ms >= 1.0 THEN 1 ELSE 0 END END'
-    """
-    if low == high:
-        return str(low)
-    middle = (low + high) // 2  # latency_ms >= edges[middle]: at least middle + 1 edges are <= it
-    return (
-        f"CASE WHEN latency_ms >= {edges[middle]!r} THEN {_bin_search(edges, middle + 1, high)} "
-        f"ELSE {_bin_search(edges, low, middle)} END"
-    )
-
-
-def _group_column(by: GroupBy) -> str:
-    if by not in ("variant", "assigned_variant"):
-        raise ValueError(f"cannot group exposures by {by!r}")
-    return by
-
-
-def _marks(values: Sequence[str]) -> str:
-    if not values:
-        raise ValueError("no assignments selected")
-    return ", ".join("?" * len(values))
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:

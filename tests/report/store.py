@@ -19,16 +19,19 @@ from typing import Any
 
 from router.report import Report, build_report, write_reports
 from router.store import STORE_FILE, SQLiteBackend
+from router.store.rollup import RowMarks, rollup_statements, row_marks
 from router.store.schema import ddl
 
 
 @dataclass
 class HandStore:
-    """A writable store in WAL mode, as the router keeps it; rows are committed on every call."""
+    """A writable store in WAL mode, as the router keeps it; rows are committed on every call, and counted in
+    the report's rollups in the same transaction, as the router's writer counts them (router.store.rollup)."""
 
     connection: sqlite3.Connection
     exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock: float = 1_700_000_000.0
+    _marks: RowMarks | None = None
 
     @classmethod
     def create(cls, path: Path) -> HandStore:
@@ -47,13 +50,21 @@ class HandStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group many inserts into one commit (fast bulk loading)."""
-        self.connection.execute("BEGIN")
+        """Group many inserts into one commit (fast bulk loading), counted in the rollups at its end."""
+        if self._marks is not None:  # already inside one: the outer one commits and counts
+            yield
+            return
+        self.connection.execute("BEGIN IMMEDIATE")
+        self._marks = row_marks(self.connection)
         try:
             yield
+            for statement in rollup_statements("sqlite", self._marks):
+                self.connection.execute(statement)
         except BaseException:
             self.connection.execute("ROLLBACK")
             raise
+        finally:
+            self._marks = None
         self.connection.execute("COMMIT")
 
     def count(self, sql: str, *params: Any) -> int:
@@ -124,9 +135,10 @@ class HandStore:
             "error": error,
         }
         columns = ", ".join(row)
-        self.connection.execute(
-            f"INSERT INTO exposures ({columns}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values())
-        )
+        with self.transaction():
+            self.connection.execute(
+                f"INSERT INTO exposures ({columns}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values())
+            )
         self.exposures[request_id] = row
 
     def add_feedback(
@@ -141,24 +153,25 @@ class HandStore:
         """Feedback attributed to an exposure added before, copying its phase, user, variant and assignment."""
         exposure = self.exposures[request_id]
         self.clock += 1.0
-        self.connection.execute(
-            "INSERT INTO feedback (ts, request_id, experiment, phase, user_id, variant, assignment, item_id,"
-            " position, event, value, attributed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                self.clock,
-                request_id,
-                exposure["experiment"],
-                exposure["phase"],
-                exposure["user_id"],
-                exposure["variant"],
-                exposure["assignment"],
-                item_id,
-                item_id if item_id < 10 else None,
-                event,
-                value,
-                attributed_by,
-            ),
-        )
+        with self.transaction():
+            self.connection.execute(
+                "INSERT INTO feedback (ts, request_id, experiment, phase, user_id, variant, assignment, item_id,"
+                " position, event, value, attributed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    self.clock,
+                    request_id,
+                    exposure["experiment"],
+                    exposure["phase"],
+                    exposure["user_id"],
+                    exposure["variant"],
+                    exposure["assignment"],
+                    item_id,
+                    item_id if item_id < 10 else None,
+                    event,
+                    value,
+                    attributed_by,
+                ),
+            )
 
     def add_variant_info(self, phase: int, variant: str, info: Mapping[str, Any]) -> None:
         self.connection.execute(

@@ -20,6 +20,7 @@ from router.report.document import VariantSummary
 from router.report.planning import SamplePlan, plan_units
 from router.report.ratio import ArmEstimate, RatioData, binary_moments, estimate
 from router.store import SQLiteBackend
+from router.store.rollup import rollup_statements, row_marks
 from tests.report.store import HandStore, report_of
 
 HASH_WEIGHTS = {"model_a": 50.0, "model_b": 50.0}
@@ -458,11 +459,14 @@ def test_build_report_reads_while_the_writer_holds_a_transaction(store_path: Pat
     writer = sqlite3.connect(store_path, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
+        marks = row_marks(writer)
         writer.execute(
             "INSERT INTO exposures (ts, request_id, experiment, phase, user_id, variant, assigned_variant,"
             " strategy, assignment, status, latency_ms, k, items) VALUES"
             " (2e9, 'uncommitted', 'rec-ab', 1, 'u9', 'model_a', 'model_a', 'hash', 'strategy', 200, 1, 10, '[]')"
         )
+        for statement in rollup_statements("sqlite", marks):  # as the router's writer counts a batch
+            writer.execute(statement)
         during = report_of(store_path, phase=1)  # must neither block nor see the uncommitted row
         writer.execute("COMMIT")
     finally:

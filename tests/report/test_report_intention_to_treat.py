@@ -69,51 +69,50 @@ def write_experiments(path: Path, rng: np.random.Generator) -> None:
         for number in range(1, EXPERIMENTS + 1):
             store.add_phase(number, "hash", {"model_a": 50, "model_b": 50}, plan=PLAN)
         connection = store.connection
-        connection.execute("BEGIN")
-        connection.executemany(
-            f"INSERT INTO exposures ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            zip(
-                (1.7e9 + np.arange(user.size)).tolist(),
-                ids,
-                ["rec-ab"] * user.size,
-                phases,
-                users_,
-                served_by,
-                assigned.tolist(),
-                ["hash"] * user.size,
-                assignment,
-                [0.5] * user.size,
-                [200] * user.size,
-                [5.0] * user.size,
-                [10] * user.size,
-                ["[1]"] * user.size,
-                [None] * user.size,
-                strict=True,
-            ),
-        )
-        rows = np.flatnonzero(clicked).tolist()
-        connection.executemany(
-            "INSERT INTO feedback (ts, request_id, experiment, phase, user_id, variant, assignment, item_id, "
-            "position, event, value, attributed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
+        with store.transaction():
+            connection.executemany(
+                f"INSERT INTO exposures ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                zip(
+                    (1.7e9 + np.arange(user.size)).tolist(),
+                    ids,
+                    ["rec-ab"] * user.size,
+                    phases,
+                    users_,
+                    served_by,
+                    assigned.tolist(),
+                    ["hash"] * user.size,
+                    assignment,
+                    [0.5] * user.size,
+                    [200] * user.size,
+                    [5.0] * user.size,
+                    [10] * user.size,
+                    ["[1]"] * user.size,
+                    [None] * user.size,
+                    strict=True,
+                ),
+            )
+            rows = np.flatnonzero(clicked).tolist()
+            connection.executemany(
+                "INSERT INTO feedback (ts, request_id, experiment, phase, user_id, variant, assignment, item_id, "
+                "position, event, value, attributed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    i,
-                    ids[i],
-                    "rec-ab",
-                    phases[i],
-                    users_[i],
-                    served_by[i],
-                    assignment[i],
-                    1,
-                    0,
-                    "click",
-                    None,
-                    "request_id",
-                )
-                for i in rows
-            ),
-        )
-        connection.execute("COMMIT")
+                    (
+                        i,
+                        ids[i],
+                        "rec-ab",
+                        phases[i],
+                        users_[i],
+                        served_by[i],
+                        assignment[i],
+                        1,
+                        0,
+                        "click",
+                        None,
+                        "request_id",
+                    )
+                    for i in rows
+                ),
+            )
 
 
 def per_protocol(path: Path, phase: int) -> Comparison:
