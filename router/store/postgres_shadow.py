@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 import psycopg
 
@@ -45,17 +44,11 @@ class PostgresShadowReads:
                 GROUP BY s.user_id, e.variant ORDER BY e.variant, s.user_id""",
             params,
         )
-        variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
-        users: dict[str, int] = {}
-        for row in rows:
-            users.setdefault(str(row[0]), len(users))
-        errors: dict[str, dict[str, int]] = {}
-        for variant, kind, n in self._fetch(
+        errors = self._fetch(
             f"""SELECT e.variant, s.error, COUNT(*) {_MATCHED} AND s.error IS NOT NULL
                 GROUP BY e.variant, s.error ORDER BY e.variant, s.error""",
             params,
-        ):
-            errors.setdefault(str(variant), {})[str(kind)] = int(n)
+        )
         ((unmatched,),) = self._fetch(
             """SELECT COUNT(*) FROM shadow_calls AS s
                WHERE s.phase = %(phase)s AND s.shadow = %(shadow)s AND NOT EXISTS (
@@ -71,18 +64,7 @@ class PostgresShadowReads:
                 params,
             )
         )
-        count = len(rows)
-        return ShadowTotals(
-            shadow=shadow,
-            variants=variants,
-            user=np.fromiter((users[str(row[0])] for row in rows), np.int64, count),
-            variant=np.fromiter((variants.index(str(row[1])) for row in rows), np.int64, count),
-            calls=np.fromiter((row[2] for row in rows), np.int64, count),
-            succeeded=np.fromiter((row[3] for row in rows), np.int64, count),
-            errors=errors,
-            urls=urls,
-            unmatched=int(unmatched),
-        )
+        return ShadowTotals.from_rows(shadow, rows, errors, urls=urls, unmatched=int(unmatched))
 
     def shadow_latency(
         self, phase: int, shadow: str, *, assignments: Sequence[str], quantiles: Sequence[float]

@@ -13,9 +13,9 @@ come in chunks ordered by request id, so the report's memory is bounded by the c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +46,44 @@ class ShadowTotals:
         if name not in self.variants:
             return np.zeros(self.user.shape, dtype=bool)
         return np.asarray(self.variant == self.variants.index(name), dtype=bool)
+
+    @classmethod
+    def from_rows(
+        cls,
+        shadow: str,
+        pairs: Sequence[Sequence[Any]],
+        errors: Iterable[Sequence[Any]],
+        *,
+        urls: tuple[str, ...],
+        unmatched: int,
+    ) -> ShadowTotals:
+        """From every backend's answers: (user, live variant, calls, succeeded) per pair in variant order, and
+        (live variant, error kind, calls) per failure kind.
+
+        >>> t = ShadowTotals.from_rows("c", [("u1", "a", 2, 1), ("u2", "b", 1, 1)], [("a", "timeout", 1)],
+        ...                            urls=("http://c",), unmatched=0)
+        >>> (t.variants, t.user.tolist(), t.calls.tolist(), dict(t.errors["a"]))
+        (('a', 'b'), [0, 1], [2, 1], {'timeout': 1})
+        """
+        variants = tuple(dict.fromkeys(str(row[1]) for row in pairs))
+        users: dict[str, int] = {}
+        for row in pairs:
+            users.setdefault(str(row[0]), len(users))
+        by_variant: dict[str, dict[str, int]] = {}
+        for variant, kind, n in errors:
+            by_variant.setdefault(str(variant), {})[str(kind)] = int(n)
+        count = len(pairs)
+        return cls(
+            shadow=shadow,
+            variants=variants,
+            user=np.fromiter((users[str(row[0])] for row in pairs), np.int64, count),
+            variant=np.fromiter((variants.index(str(row[1])) for row in pairs), np.int64, count),
+            calls=np.fromiter((int(row[2]) for row in pairs), np.int64, count),
+            succeeded=np.fromiter((int(row[3]) for row in pairs), np.int64, count),
+            errors=by_variant,
+            urls=urls,
+            unmatched=int(unmatched),
+        )
 
 
 @dataclass(frozen=True)

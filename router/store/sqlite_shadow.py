@@ -13,7 +13,6 @@ import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import orjson
 
 from router.store.shadow_reader import PairedLatency, RepeatedList, ShadowPair, ShadowTotals
@@ -41,17 +40,11 @@ class SQLiteShadowReads:
             "GROUP BY s.user_id, e.variant ORDER BY e.variant, s.user_id",
             params,
         ).fetchall()
-        variants = tuple(dict.fromkeys(str(row[1]) for row in rows))
-        users: dict[str, int] = {}
-        for row in rows:
-            users.setdefault(str(row[0]), len(users))
-        errors: dict[str, dict[str, int]] = {}
-        for variant, kind, n in self._conn.execute(
+        errors = self._conn.execute(
             f"SELECT e.variant, s.error, COUNT(*) {matched} AND s.error IS NOT NULL "
             "GROUP BY e.variant, s.error ORDER BY e.variant, s.error",
             params,
-        ):
-            errors.setdefault(str(variant), {})[str(kind)] = int(n)
+        ).fetchall()
         unmatched = self._conn.execute(
             f"""SELECT COUNT(*) FROM shadow_calls AS s
                 WHERE s.phase = ? AND s.shadow = ? AND NOT EXISTS (
@@ -66,18 +59,7 @@ class SQLiteShadowReads:
                 (phase, shadow),
             )
         )
-        count = len(rows)
-        return ShadowTotals(
-            shadow=shadow,
-            variants=variants,
-            user=np.fromiter((users[str(row[0])] for row in rows), np.int64, count),
-            variant=np.fromiter((variants.index(str(row[1])) for row in rows), np.int64, count),
-            calls=np.fromiter((row[2] for row in rows), np.int64, count),
-            succeeded=np.fromiter((row[3] for row in rows), np.int64, count),
-            errors=errors,
-            urls=urls,
-            unmatched=int(unmatched),
-        )
+        return ShadowTotals.from_rows(shadow, rows, errors, urls=urls, unmatched=int(unmatched))
 
     def shadow_latency(
         self, phase: int, shadow: str, *, assignments: Sequence[str], quantiles: Sequence[float]
