@@ -35,7 +35,7 @@ from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stop
 from router.store.postgres_epochs import PostgresEpochTransaction, epoch_transaction, exposures_in, latest_epoch
 from router.store.postgres_reader import PostgresSnapshot
 from router.store.records import Exposure, Record
-from router.store.rollup import counts_outcomes, rollup_statements, row_marks
+from router.store.rollup import counted_in_rollups
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ SCHEMA_LOCK = 0x61627465_00000001
 PHASE_LOCK = 0x61627465_00000002
 #: Held by each write of exposures or feedback for its transaction: the rollups count batches one at a time.
 ROLLUP_LOCK = 0x61627465_00000004
+_ROLLUP_LOCKED = f"SELECT pg_advisory_xact_lock({ROLLUP_LOCK})"
 
 _EXPOSURE_SELECT = f"SELECT {', '.join(EXPOSURES.insert_columns)} FROM exposures"
 _BY_REQUEST = f"{_EXPOSURE_SELECT} WHERE request_id = %s"
@@ -239,11 +240,13 @@ class PostgresBackend:
             if self._writer is None:
                 self._writer = self.connect()
             conn = self._writer
-            with conn.transaction(), conn.cursor() as cursor:
-                before = None
-                if counts_outcomes(t.kind for t in grouped):  # writers take turns: the rollups need each batch
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))  # to see all earlier ones
-                    before = row_marks(cursor)
+            kinds = [t.kind for t in grouped]
+            # Writers of outcomes take turns (ROLLUP_LOCK): the rollups need each batch to see every earlier one.
+            with (
+                conn.transaction(),
+                conn.cursor() as cursor,
+                counted_in_rollups(cursor, "postgresql", kinds, lock=_ROLLUP_LOCKED),
+            ):
                 for record_type, rows in grouped.items():
                     table = record_type.table
                     columns = ", ".join(table.insert_columns)
@@ -276,9 +279,6 @@ class PostgresBackend:
                         with cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
                             for row in rows:
                                 copy.write_row(row)
-                if before is not None:  # the rollups count the batch in its own transaction (router.store.rollup)
-                    for statement in rollup_statements("postgresql", before):
-                        cursor.execute(statement)
         except BaseException as exc:
             failure = self.classify(exc)
             if failure is None or not failure.poison:

@@ -1,9 +1,7 @@
 """The report's rollups, kept by the writer: the statements that add a batch's rows to them, on both engines.
 
-    before = RowMarks(exposures=max_exposure_id, feedback=max_feedback_id)   # read under the write lock
-    ... insert the batch ...
-    for statement in rollup_statements("sqlite", before):                    # same transaction
-        conn.execute(statement)
+    with counted_in_rollups(conn, "sqlite", kinds):    # in the batch's transaction, under the write lock
+        ... insert the batch ...                        # then its rows are added to every rollup
 
 The report needs per-(user, variant) sums, latency order statistics and a timeline; reading them from every
 exposure costs a pass over the phase's rows per question (170 s at 10M exposures). The four rollup tables
@@ -26,7 +24,8 @@ order (PostgreSQL plans it freely). tests/store/test_rollup.py checks SQLite's p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,9 +71,22 @@ def row_marks(conn: _Executes) -> RowMarks:
     return RowMarks(exposures=int(row[0]), feedback=int(row[1]))
 
 
-def counts_outcomes(kinds: Iterable[str]) -> bool:
-    """Whether a batch with records of these kinds holds exposures or feedback, the rows the rollups count."""
-    return any(kind in ("exposure", "feedback") for kind in kinds)
+@contextmanager
+def counted_in_rollups(
+    conn: _Executes, dialect: str, kinds: Iterable[str], *, lock: str | None = None
+) -> Iterator[None]:
+    """Around a batch's inserts, in its transaction: take `lock` (if the engine needs one to count batches one at
+    a time), mark the ids, and after the block add the batch's rows to every rollup. A batch without exposures
+    or feedback (variant info, shadow calls) touches no rollup and takes no lock."""
+    if not any(kind in ("exposure", "feedback") for kind in kinds):
+        yield
+        return
+    if lock is not None:
+        conn.execute(lock)
+    before = row_marks(conn)
+    yield
+    for statement in rollup_statements(dialect, before):
+        conn.execute(statement)
 
 
 def _clicked(marks: str = "") -> str:

@@ -37,7 +37,7 @@ from router.store.epochs import StoredEpoch
 from router.store.phases import RECENT_PHASES, PhaseRow, phase_to_continue, stops_recorded
 from router.store.reader import InterleavingTotals, PhaseRecord
 from router.store.records import Exposure, Record
-from router.store.rollup import counts_outcomes, rollup_statements, row_marks
+from router.store.rollup import counted_in_rollups
 from router.store.rollup_reader import RollupReads, selected_marks
 from router.store.schema import EXPOSURES, META, SCHEMA_VERSION, ddl, migrations_from
 from router.store.sqlite_epochs import SQLiteEpochReads, SQLiteEpochTransaction, epoch_transaction, latest_epoch
@@ -219,15 +219,12 @@ class SQLiteBackend:
             grouped.setdefault(type(record), []).append(tuple(record.columns().values()))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            before = row_marks(conn) if counts_outcomes(t.kind for t in grouped) else None
             repeats: dict[str, int] = {}
-            for record_type, rows in grouped.items():
-                inserted = conn.executemany(_insert_sql(record_type), rows).rowcount
-                if record_type.table.ignore_duplicates and inserted < len(rows):
-                    repeats[record_type.kind] = len(rows) - inserted
-            if before is not None:  # the rollups count the batch in its own transaction (router.store.rollup)
-                for statement in rollup_statements("sqlite", before):
-                    conn.execute(statement)
+            with counted_in_rollups(conn, "sqlite", (t.kind for t in grouped)):  # SQLite's one writer: no lock
+                for record_type, rows in grouped.items():
+                    inserted = conn.executemany(_insert_sql(record_type), rows).rowcount
+                    if record_type.table.ignore_duplicates and inserted < len(rows):
+                        repeats[record_type.kind] = len(rows) - inserted
             conn.execute("COMMIT")
             return repeats
         except BaseException as exc:
